@@ -1,0 +1,3 @@
+//! The `rimir-operator` binary.
+
+fn main() {}

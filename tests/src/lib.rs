@@ -1,0 +1,1 @@
+//! Support code for rimir's end-to-end tests.

@@ -1,0 +1,19 @@
+//! rimir's storage engine: Prometheus-compatible TSDB blocks, the in-memory head with its
+//! write-ahead log, compaction, and object storage. Start at [`block`] for the on-disk block,
+//! [`head`] for appends, [`objstore`] for the bucket layout.
+//!
+//! Layering: `encoding` and `labels` → `chunkenc`, `chunks`, `index` → `block` → `head`, `wal`,
+//! `compact` → `objstore` → the server roles. Lower modules never call upper ones.
+
+pub mod block;
+pub mod chunkenc;
+pub mod chunks;
+pub mod cli;
+pub mod compact;
+pub mod encoding;
+pub mod head;
+pub mod index;
+pub mod labels;
+pub mod objstore;
+pub mod openmetrics;
+pub mod wal;

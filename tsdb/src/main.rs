@@ -1,0 +1,5 @@
+//! The `rimir` binary: every server role and the `rimir tsdb` tools.
+
+fn main() {
+    println!("rimir");
+}
