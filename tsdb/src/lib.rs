@@ -16,4 +16,5 @@ pub mod index;
 pub mod labels;
 pub mod objstore;
 pub mod openmetrics;
+pub mod series;
 pub mod wal;
