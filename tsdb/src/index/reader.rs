@@ -588,8 +588,10 @@ impl IndexReader {
         len: u64,
         section: &'static str,
     ) -> Result<Vec<u8>, IndexError> {
-        let Some(need) = len.checked_add(4).filter(|n| body_at + n <= self.size) else {
-            return Err(self.truncated(section, at, (body_at - at).saturating_add(len + 4)));
+        let fits = |n: &u64| body_at.checked_add(*n).is_some_and(|end| end <= self.size);
+        let Some(need) = len.checked_add(4).filter(fits) else {
+            let need = (body_at - at).saturating_add(len).saturating_add(4);
+            return Err(self.truncated(section, at, need));
         };
         let mut b = self.read(body_at, need, section)?;
         let (body, crc) = b.split_at(len as usize);
