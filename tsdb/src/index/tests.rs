@@ -691,3 +691,9 @@ fn rewriting_a_promtool_index_reproduces_it_byte_for_byte() {
         "promtool's index vs ours: length and bytes around the first difference"
     );
 }
+
+#[test]
+fn reader_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<IndexReader>();
+}
