@@ -27,13 +27,23 @@ fn sample_series(n: usize) -> Vec<(Labels, Vec<ChunkMeta>)> {
         if i % 7 == 0 {
             pairs.push(("path", format!("/v1/ü/{}\n\"x\"", i % 5)));
         }
+        if i % 500 == 0 {
+            pairs.push(("long", "x".repeat(600 + i)));
+        }
         set.insert(Labels::from_pairs(pairs));
     }
     let mut chunk_ref = 8u64;
     set.into_iter()
         .map(|lset| {
             let mut t = rng.random_range(-5_000i64..1_000_000);
-            let chunks = (0..rng.random_range(0..5))
+            // Series with a "long" label get enough chunks to make their entry longer than
+            // the reader's speculative first read.
+            let n = if lset.get("long").is_some() {
+                150
+            } else {
+                rng.random_range(0..5)
+            };
+            let chunks = (0..n)
                 .map(|_| {
                     let min_time = t + rng.random_range(1..100_000);
                     let max_time = min_time + rng.random_range(0..7_200_000);
@@ -134,6 +144,7 @@ fn series_sections_are_aligned_and_refs_are_offsets_over_16() {
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(&bytes[..5], &[0xBA, 0xAA, 0xD7, 0x00, 2]);
     let r = IndexReader::open(&path).unwrap();
+    let mut longest = 0;
     for series_ref in r.all_postings().unwrap() {
         let off = (series_ref * 16) as usize;
         // A series entry starts with the uvarint length of its body, followed by the label count.
@@ -141,7 +152,10 @@ fn series_sections_are_aligned_and_refs_are_offsets_over_16() {
         let body = &bytes[off + n..off + n + len as usize];
         let crc = &bytes[off + n + len as usize..off + n + len as usize + 4];
         assert_eq!(crc32c(body).to_be_bytes(), crc);
+        longest = longest.max(len);
     }
+    // Entries both shorter and longer than the reader's speculative first read occur.
+    assert!(longest > 512, "longest series entry {longest}");
 }
 
 #[test]
