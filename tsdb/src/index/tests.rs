@@ -394,15 +394,60 @@ fn out_of_range_series_ref_is_an_error() {
     assert!(r.series(refs[0] + 1).is_err() || refs.contains(&(refs[0] + 1)));
 }
 
+/// Framed sections of a valid index: (offset of the length field, whether it is a uvarint).
+fn framed_sections(bytes: &[u8], r: &IndexReader) -> Vec<(usize, bool)> {
+    let toc = &bytes[bytes.len() - TOC_LEN as usize..];
+    let toc_entry = |i: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&toc[i * 8..i * 8 + 8]);
+        u64::from_be_bytes(a) as usize
+    };
+    let mut v = vec![
+        (toc_entry(0), false),
+        (toc_entry(3), false),
+        (toc_entry(5), false),
+    ];
+    for s in r.all_postings().unwrap() {
+        v.push(((s * 16) as usize, true));
+    }
+    v
+}
+
+/// Changes a byte inside the framed section at `at` and recomputes its CRC, so that the
+/// corruption reaches the decoder instead of stopping at the checksum.
+fn corrupt_behind_crc(b: &mut [u8], at: usize, uvarint_len: bool, rng: &mut StdRng) {
+    let (len, body_at) = if uvarint_len {
+        let (len, n) = crate::encoding::uvarint(&b[at..]).unwrap();
+        (len as usize, at + n)
+    } else {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(&b[at..at + 4]);
+        (u32::from_be_bytes(a) as usize, at + 4)
+    };
+    if len == 0 {
+        return;
+    }
+    let pos = body_at + rng.random_range(0..len);
+    b[pos] = match rng.random_range(0..4) {
+        0 => 0,
+        1 => 0xff,
+        2 => b[pos].wrapping_add(1),
+        _ => rng.random(),
+    };
+    let crc = crc32c(&b[body_at..body_at + len]);
+    b[body_at + len..body_at + len + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Corrupting or truncating a valid index anywhere never panics the reader.
 #[test]
 fn random_corruption_never_panics() {
     let dir = tempfile::tempdir().unwrap();
     let (path, _, _) = write_sample(dir.path(), 40);
     let good = std::fs::read(&path).unwrap();
+    let sections = framed_sections(&good, &IndexReader::open(&path).unwrap());
     let bad = dir.path().join("bad");
     let mut rng = StdRng::seed_from_u64(11);
-    let mut opened = 0;
+    let (mut opened, mut failed_later) = (0, 0);
     for i in 0..600 {
         let mut b = good.clone();
         match i % 3 {
@@ -414,10 +459,8 @@ fn random_corruption_never_panics() {
                 }
             }
             _ => {
-                // Corrupt a byte and fix up CRCs cannot be done generically; instead corrupt
-                // the TOC-adjacent postings offset table where decoding paths are richest.
-                let at = rng.random_range(b.len().saturating_sub(400)..b.len() - 52);
-                b[at] = rng.random();
+                let (at, uvarint_len) = sections[rng.random_range(0..sections.len())];
+                corrupt_behind_crc(&mut b, at, uvarint_len, &mut rng);
             }
         }
         std::fs::write(&bad, &b).unwrap();
@@ -425,18 +468,25 @@ fn random_corruption_never_panics() {
             continue;
         };
         opened += 1;
-        let _ = r.symbols();
+        let mut errors = r.symbols().is_err() as usize;
         for name in r.label_names().unwrap_or_default() {
+            errors += r.label_values(&name).is_err() as usize;
             for v in r.label_values(&name).unwrap_or_default() {
-                let _ = r.postings(&name, &v);
+                errors += r.postings(&name, &v).is_err() as usize;
             }
         }
         for s in r.all_postings().unwrap_or_default() {
-            let _ = r.series(s);
+            errors += r.series(s).is_err() as usize;
         }
-        let _ = r.postings_for_matchers(&[matcher(MatchType::Regex, "instance", ".*1.*")]);
+        let m = [matcher(MatchType::Regex, "instance", ".*1.*")];
+        errors += r.postings_for_matchers(&m).is_err() as usize;
+        failed_later += (errors > 0) as usize;
     }
     assert!(opened > 0, "some corruptions leave the index readable");
+    assert!(
+        failed_later > 0,
+        "some corruptions are only found when reading"
+    );
 }
 
 // --- Compatibility with Prometheus' own tools. ---
