@@ -572,12 +572,23 @@ impl IndexReader {
         at: u64,
         section: &'static str,
     ) -> Result<(Vec<u8>, u64), IndexError> {
-        let head = self.read(at, 10.min(self.size.saturating_sub(at)), section)?;
+        // Most entries are shorter than this: read them with one call.
+        const SPECULATIVE: u64 = 512;
+        let head = self.read(at, SPECULATIVE.min(self.size.saturating_sub(at)), section)?;
         let mut d = Decbuf::with_base(&head, at as usize);
         let len = d
             .uvarint()
             .map_err(|e| IndexError::corrupt(&self.path, section, e))?;
         let body_at = at + d.position() as u64;
+        let start = d.position();
+        if let Some(end) = (len as usize)
+            .checked_add(start)
+            .filter(|end| end.checked_add(4).is_some_and(|e| e <= head.len()))
+        {
+            let (body, crc) = (&head[start..end], &head[end..end + 4]);
+            self.check_crc(section, at, body, crc)?;
+            return Ok((body.to_vec(), body_at));
+        }
         Ok((self.checked_body(at, body_at, len, section)?, body_at))
     }
 
@@ -588,8 +599,10 @@ impl IndexReader {
         len: u64,
         section: &'static str,
     ) -> Result<Vec<u8>, IndexError> {
-        let Some(need) = len.checked_add(4).filter(|n| body_at + n <= self.size) else {
-            return Err(self.truncated(section, at, (body_at - at).saturating_add(len + 4)));
+        let fits = |n: &u64| body_at.checked_add(*n).is_some_and(|end| end <= self.size);
+        let Some(need) = len.checked_add(4).filter(fits) else {
+            let need = (body_at - at).saturating_add(len).saturating_add(4);
+            return Err(self.truncated(section, at, need));
         };
         let mut b = self.read(body_at, need, section)?;
         let (body, crc) = b.split_at(len as usize);

@@ -27,13 +27,23 @@ fn sample_series(n: usize) -> Vec<(Labels, Vec<ChunkMeta>)> {
         if i % 7 == 0 {
             pairs.push(("path", format!("/v1/ü/{}\n\"x\"", i % 5)));
         }
+        if i % 500 == 0 {
+            pairs.push(("long", "x".repeat(600 + i)));
+        }
         set.insert(Labels::from_pairs(pairs));
     }
     let mut chunk_ref = 8u64;
     set.into_iter()
         .map(|lset| {
             let mut t = rng.random_range(-5_000i64..1_000_000);
-            let chunks = (0..rng.random_range(0..5))
+            // Series with a "long" label get enough chunks to make their entry longer than
+            // the reader's speculative first read.
+            let n = if lset.get("long").is_some() {
+                150
+            } else {
+                rng.random_range(0..5)
+            };
+            let chunks = (0..n)
                 .map(|_| {
                     let min_time = t + rng.random_range(1..100_000);
                     let max_time = min_time + rng.random_range(0..7_200_000);
@@ -87,7 +97,7 @@ fn round_trip_preserves_series_postings_and_values() {
 
         // Expected postings and values, computed from the input.
         let mut expected: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
-        let mut symbols = BTreeSet::new();
+        let mut symbols = BTreeSet::from([String::new()]);
         for (r_, (lset, _)) in refs.iter().zip(&series) {
             for l in lset.iter() {
                 expected
@@ -134,6 +144,7 @@ fn series_sections_are_aligned_and_refs_are_offsets_over_16() {
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(&bytes[..5], &[0xBA, 0xAA, 0xD7, 0x00, 2]);
     let r = IndexReader::open(&path).unwrap();
+    let mut longest = 0;
     for series_ref in r.all_postings().unwrap() {
         let off = (series_ref * 16) as usize;
         // A series entry starts with the uvarint length of its body, followed by the label count.
@@ -141,7 +152,10 @@ fn series_sections_are_aligned_and_refs_are_offsets_over_16() {
         let body = &bytes[off + n..off + n + len as usize];
         let crc = &bytes[off + n + len as usize..off + n + len as usize + 4];
         assert_eq!(crc32c(body).to_be_bytes(), crc);
+        longest = longest.max(len);
     }
+    // Entries both shorter and longer than the reader's speculative first read occur.
+    assert!(longest > 512, "longest series entry {longest}");
 }
 
 #[test]
@@ -380,15 +394,60 @@ fn out_of_range_series_ref_is_an_error() {
     assert!(r.series(refs[0] + 1).is_err() || refs.contains(&(refs[0] + 1)));
 }
 
+/// Framed sections of a valid index: (offset of the length field, whether it is a uvarint).
+fn framed_sections(bytes: &[u8], r: &IndexReader) -> Vec<(usize, bool)> {
+    let toc = &bytes[bytes.len() - TOC_LEN as usize..];
+    let toc_entry = |i: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&toc[i * 8..i * 8 + 8]);
+        u64::from_be_bytes(a) as usize
+    };
+    let mut v = vec![
+        (toc_entry(0), false),
+        (toc_entry(3), false),
+        (toc_entry(5), false),
+    ];
+    for s in r.all_postings().unwrap() {
+        v.push(((s * 16) as usize, true));
+    }
+    v
+}
+
+/// Changes a byte inside the framed section at `at` and recomputes its CRC, so that the
+/// corruption reaches the decoder instead of stopping at the checksum.
+fn corrupt_behind_crc(b: &mut [u8], at: usize, uvarint_len: bool, rng: &mut StdRng) {
+    let (len, body_at) = if uvarint_len {
+        let (len, n) = crate::encoding::uvarint(&b[at..]).unwrap();
+        (len as usize, at + n)
+    } else {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(&b[at..at + 4]);
+        (u32::from_be_bytes(a) as usize, at + 4)
+    };
+    if len == 0 {
+        return;
+    }
+    let pos = body_at + rng.random_range(0..len);
+    b[pos] = match rng.random_range(0..4) {
+        0 => 0,
+        1 => 0xff,
+        2 => b[pos].wrapping_add(1),
+        _ => rng.random(),
+    };
+    let crc = crc32c(&b[body_at..body_at + len]);
+    b[body_at + len..body_at + len + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Corrupting or truncating a valid index anywhere never panics the reader.
 #[test]
 fn random_corruption_never_panics() {
     let dir = tempfile::tempdir().unwrap();
     let (path, _, _) = write_sample(dir.path(), 40);
     let good = std::fs::read(&path).unwrap();
+    let sections = framed_sections(&good, &IndexReader::open(&path).unwrap());
     let bad = dir.path().join("bad");
     let mut rng = StdRng::seed_from_u64(11);
-    let mut opened = 0;
+    let (mut opened, mut failed_later) = (0, 0);
     for i in 0..600 {
         let mut b = good.clone();
         match i % 3 {
@@ -400,10 +459,8 @@ fn random_corruption_never_panics() {
                 }
             }
             _ => {
-                // Corrupt a byte and fix up CRCs cannot be done generically; instead corrupt
-                // the TOC-adjacent postings offset table where decoding paths are richest.
-                let at = rng.random_range(b.len().saturating_sub(400)..b.len() - 52);
-                b[at] = rng.random();
+                let (at, uvarint_len) = sections[rng.random_range(0..sections.len())];
+                corrupt_behind_crc(&mut b, at, uvarint_len, &mut rng);
             }
         }
         std::fs::write(&bad, &b).unwrap();
@@ -411,18 +468,25 @@ fn random_corruption_never_panics() {
             continue;
         };
         opened += 1;
-        let _ = r.symbols();
+        let mut errors = r.symbols().is_err() as usize;
         for name in r.label_names().unwrap_or_default() {
+            errors += r.label_values(&name).is_err() as usize;
             for v in r.label_values(&name).unwrap_or_default() {
-                let _ = r.postings(&name, &v);
+                errors += r.postings(&name, &v).is_err() as usize;
             }
         }
         for s in r.all_postings().unwrap_or_default() {
-            let _ = r.series(s);
+            errors += r.series(s).is_err() as usize;
         }
-        let _ = r.postings_for_matchers(&[matcher(MatchType::Regex, "instance", ".*1.*")]);
+        let m = [matcher(MatchType::Regex, "instance", ".*1.*")];
+        errors += r.postings_for_matchers(&m).is_err() as usize;
+        failed_later += (errors > 0) as usize;
     }
     assert!(opened > 0, "some corruptions leave the index readable");
+    assert!(
+        failed_later > 0,
+        "some corruptions are only found when reading"
+    );
 }
 
 // --- Compatibility with Prometheus' own tools. ---
@@ -631,4 +695,69 @@ fn promtool_reads_index_written_here() {
     want.sort();
     assert_eq!(got, want);
     assert!(block.join("index").exists());
+}
+
+/// Rewriting the series of an index written by promtool yields the same bytes: our writer lays
+/// out every section (padding, label indices, offset tables, TOC) exactly as Prometheus does.
+#[test]
+fn rewriting_a_promtool_index_reproduces_it_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.om");
+    let t0 = 1_700_000_000i64;
+    let mut om = String::new();
+    for i in 0..120 {
+        let labels = format!(
+            r#"instance="host-{}",job="{}",le="{}""#,
+            i % 17,
+            ["api", "web", "db"][i % 3],
+            i
+        );
+        for k in 0..3 {
+            om.push_str(&format!(
+                "metric_{}{{{labels}}} {k} {}\n",
+                i % 5,
+                t0 + k * 60
+            ));
+        }
+    }
+    om.push_str("# EOF\n");
+    std::fs::write(&input, om).unwrap();
+    let out = dir.path().join("out");
+    promtool(&[
+        "tsdb",
+        "create-blocks-from",
+        "openmetrics",
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    let blocks = blocks_in(&out);
+    assert_eq!(blocks.len(), 1);
+    let theirs = blocks[0].join("index");
+    let r = IndexReader::open(&theirs).unwrap();
+    let series: Vec<(Labels, Vec<ChunkMeta>)> = r
+        .all_postings()
+        .unwrap()
+        .into_iter()
+        .map(|s| r.series(s).unwrap())
+        .collect();
+    assert_eq!(series.len(), 120);
+    let ours = dir.path().join("index");
+    write_index(&ours, &series).unwrap();
+    let (a, b) = (
+        std::fs::read(&theirs).unwrap(),
+        std::fs::read(&ours).unwrap(),
+    );
+    let first_diff = a.iter().zip(&b).position(|(x, y)| x != y);
+    let around = |v: &[u8], d: usize| v[d.saturating_sub(8)..(d + 24).min(v.len())].to_vec();
+    assert_eq!(
+        (a.len(), first_diff.map(|d| around(&a, d))),
+        (b.len(), first_diff.map(|d| around(&b, d))),
+        "promtool's index vs ours: length and bytes around the first difference"
+    );
+}
+
+#[test]
+fn reader_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<IndexReader>();
 }

@@ -20,8 +20,13 @@ pub fn write_index(
 ) -> Result<IndexStats, IndexError> {
     validate(path, series)?;
 
-    // Sorted, deduplicated strings; a symbol reference is the position in this list.
+    // Sorted, deduplicated strings; a symbol reference is the position in this list. Like
+    // Prometheus, whose symbols come from postings keys including the all-postings key ("", ""),
+    // we include the empty string when there are series, so our files match its byte for byte.
     let mut symbol_set: BTreeSet<&str> = BTreeSet::new();
+    if !series.is_empty() {
+        symbol_set.insert("");
+    }
     for (lset, _) in series {
         for l in lset.iter() {
             symbol_set.insert(&l.name);
