@@ -1,5 +1,10 @@
 //! Support code for rimir's end-to-end tests: locating the binaries under test and the
 //! reference tools (promtool, prometheus), and child processes that die with the test.
+//!
+//! [`moto::MotoServer`] is a throw-away S3 (and IAM/STS) endpoint on 127.0.0.1 for tests of the
+//! `s3` object-store backend, the compactor and the operator.
+
+pub mod moto;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output};
@@ -23,9 +28,9 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 
 /// Runs a command to completion, panicking with its stderr when it fails.
 pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e} (is it installed? tests/run.sh installs it)"));
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("spawn {cmd:?}: {e} (is it installed? tests/run.sh installs it)")
+    });
     assert!(
         out.status.success(),
         "{cmd:?} failed with {}:\n{}",
