@@ -280,6 +280,10 @@ impl IndexReader {
     /// All values of label `name`, sorted; empty if no series has it.
     pub fn label_values(&self, name: &str) -> Result<Vec<String>, IndexError> {
         let mut values = Vec::new();
+        if name.is_empty() {
+            // "" keys the all-postings list; it is no label.
+            return Ok(values);
+        }
         self.for_each_entry(name, |e| {
             values.push(e.value.to_string());
             Ok(())

@@ -134,6 +134,7 @@ fn round_trip_preserves_series_postings_and_values() {
         assert!(r.postings("job", "").unwrap().is_empty());
         assert!(r.postings("nope", "api").unwrap().is_empty());
         assert!(r.label_values("nope").unwrap().is_empty());
+        assert!(r.label_values("").unwrap().is_empty());
     }
 }
 
