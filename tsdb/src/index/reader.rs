@@ -280,6 +280,10 @@ impl IndexReader {
     /// All values of label `name`, sorted; empty if no series has it.
     pub fn label_values(&self, name: &str) -> Result<Vec<String>, IndexError> {
         let mut values = Vec::new();
+        if name.is_empty() {
+            // "" keys the all-postings list; it is no label.
+            return Ok(values);
+        }
         self.for_each_entry(name, |e| {
             values.push(e.value.to_string());
             Ok(())
@@ -320,11 +324,7 @@ impl IndexReader {
             }
             Ok(())
         })?;
-        let lists = offsets
-            .into_iter()
-            .map(|off| self.read_postings(off))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(union(lists))
+        Ok(union(self.read_postings_many(offsets)?))
     }
 
     /// Calls `f` for every postings offset table entry of label `name`, in value order.
@@ -371,7 +371,54 @@ impl IndexReader {
     /// Reads and checks the postings list at file offset `offset`.
     fn read_postings(&self, offset: u64) -> Result<Vec<u64>, IndexError> {
         let body = self.read_section(offset, "postings list")?;
-        let mut d = Decbuf::with_base(&body, offset as usize + 4);
+        self.decode_postings(&body, offset)
+    }
+
+    /// Reads the postings lists at `offsets`. Lists of one label name lie one after the other in
+    /// value order, so lists close together are read with one call: a regex matching thousands
+    /// of values costs a few reads, not thousands.
+    fn read_postings_many(&self, mut offsets: Vec<u64>) -> Result<Vec<Vec<u64>>, IndexError> {
+        /// Lists at most this far apart are read together.
+        const MAX_GAP: u64 = 64 << 10;
+        offsets.sort_unstable();
+        let mut lists = Vec::with_capacity(offsets.len());
+        let mut i = 0;
+        while i < offsets.len() {
+            let mut j = i + 1;
+            while j < offsets.len() && offsets[j] - offsets[j - 1] <= MAX_GAP {
+                j += 1;
+            }
+            if j - i == 1 {
+                lists.push(self.read_postings(offsets[i])?);
+                i = j;
+                continue;
+            }
+            let (start, last) = (offsets[i], offsets[j - 1]);
+            let len = self.read(last, 4, "postings list")?;
+            let len = u64::from(u32::from_be_bytes([len[0], len[1], len[2], len[3]]));
+            let end = last.saturating_add(len + 8);
+            let buf = self.read(start, end - start, "postings lists")?;
+            for &off in &offsets[i..j] {
+                let rel = (off - start) as usize;
+                let l = u32::from_be_bytes([buf[rel], buf[rel + 1], buf[rel + 2], buf[rel + 3]]);
+                let body_end = rel + 4 + l as usize;
+                if body_end + 4 > buf.len() {
+                    // Longer than the lists around it claim: read it alone for a precise error.
+                    lists.push(self.read_postings(off)?);
+                    continue;
+                }
+                let body = &buf[rel + 4..body_end];
+                self.check_crc("postings list", off, body, &buf[body_end..body_end + 4])?;
+                lists.push(self.decode_postings(body, off)?);
+            }
+            i = j;
+        }
+        Ok(lists)
+    }
+
+    /// Decodes the body of the postings list at file offset `offset`.
+    fn decode_postings(&self, body: &[u8], offset: u64) -> Result<Vec<u64>, IndexError> {
+        let mut d = Decbuf::with_base(body, offset as usize + 4);
         let n = d
             .be32()
             .map_err(|e| IndexError::corrupt(&self.path, "postings list", e))?;

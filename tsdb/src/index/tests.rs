@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use super::*;
 use crate::chunks::ChunkMeta;
 use crate::encoding::crc32c;
-use crate::labels::{Labels, MatchType, Matcher};
+use crate::labels::{Label, Labels, MatchType, Matcher};
 
 /// `n` sorted series with a metric name, a few labels of varying cardinality (some absent) and
 /// increasing chunk references.
@@ -134,6 +134,7 @@ fn round_trip_preserves_series_postings_and_values() {
         assert!(r.postings("job", "").unwrap().is_empty());
         assert!(r.postings("nope", "api").unwrap().is_empty());
         assert!(r.label_values("nope").unwrap().is_empty());
+        assert!(r.label_values("").unwrap().is_empty());
     }
 }
 
@@ -247,6 +248,17 @@ fn writer_rejects_unsorted_series_and_bad_chunk_metas() {
     let cases = vec![
         (vec![(b.clone(), vec![]), (a.clone(), vec![])], "sorted"),
         (vec![(a.clone(), vec![]), (a.clone(), vec![])], "sorted"),
+        (vec![(Labels::default(), vec![])], "no labels"),
+        (
+            vec![(
+                Labels::from_sorted(vec![Label {
+                    name: String::new(),
+                    value: "x".into(),
+                }]),
+                vec![],
+            )],
+            "empty or repeated label name",
+        ),
         (
             vec![(a.clone(), vec![chunk(5, 4, 8)])],
             "before its min time",

@@ -216,9 +216,10 @@ fn validate(path: &Path, series: &[(Labels, Vec<ChunkMeta>)]) -> Result<(), Inde
             )));
         }
         let names = lset.as_slice();
-        if names.first().is_some_and(|l| l.name.is_empty())
-            || names.windows(2).any(|w| w[0].name >= w[1].name)
-        {
+        if names.is_empty() {
+            return Err(invalid(format!("series #{i} has no labels")));
+        }
+        if names[0].name.is_empty() || names.windows(2).any(|w| w[0].name >= w[1].name) {
             return Err(invalid(format!(
                 "series {lset} has an empty or repeated label name, or labels out of order"
             )));
