@@ -95,7 +95,7 @@ pub enum BlockError {
     },
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BlockError + '_ {
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BlockError + 'a {
     move |source| BlockError::Io {
         op,
         path: path.to_path_buf(),

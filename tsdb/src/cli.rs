@@ -327,7 +327,11 @@ fn analyze(dir: &Path, limit: usize, out: &mut impl Write) -> Result<(), CliErro
         }
         let mut metrics = Vec::new();
         for v in b.label_values(crate::labels::METRIC_NAME)? {
-            let n = b.index().postings(crate::labels::METRIC_NAME, &v)?.len();
+            let n = b
+                .index()
+                .postings(crate::labels::METRIC_NAME, &v)
+                .map_err(BlockError::from)?
+                .len();
             metrics.push((n, v));
         }
         metrics.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
