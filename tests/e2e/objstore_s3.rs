@@ -286,6 +286,8 @@ async fn service_errors_keep_the_aws_code_and_name_operation_bucket_and_key() {
     let err = store.get("t/x").await.unwrap_err();
     assert!(!err.is_not_found(), "{err}");
     assert_eq!(err.aws_code(), Some("NoSuchBucket"), "{err}");
+    // HEAD's 404 carries no body: a missing bucket looks like a missing key.
+    assert!(store.head("t/x").await.unwrap().is_none());
     let err = store.list("t/", true).await.unwrap_err();
     assert_eq!(err.aws_code(), Some("NoSuchBucket"), "{err}");
     assert!(err.to_string().contains("ListObjectsV2"), "{err}");

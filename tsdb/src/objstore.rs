@@ -143,6 +143,35 @@ impl ObjstoreError {
         matches!(self, ObjstoreError::NotFound { .. })
     }
 
+    /// True for failures worth retrying later (after the SDK's own retries gave up): throttling,
+    /// S3 server errors, timeouts and connection failures. Missing objects, bad keys, bad config,
+    /// access denied or a missing bucket are terminal.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ObjstoreError::S3(e) => {
+                matches!(
+                    e.code.as_str(),
+                    "SlowDown"
+                        | "Throttling"
+                        | "RequestTimeout"
+                        | "InternalError"
+                        | "ServiceUnavailable"
+                        | "DispatchFailure"
+                        | "Timeout"
+                        | "ResponseError"
+                        | "ResponseBody"
+                ) || e.status.is_some_and(|s| s >= 500 || s == 429)
+            }
+            ObjstoreError::Io { source, .. } | ObjstoreError::LocalIo { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::WouldBlock
+            ),
+            _ => false,
+        }
+    }
+
     /// The AWS error code of an S3 service error (`AccessDenied`, `NoSuchBucket`, …).
     pub fn aws_code(&self) -> Option<&str> {
         match self {
@@ -541,6 +570,48 @@ mod tests {
         ] {
             validate_key("test", good).unwrap();
         }
+    }
+
+    fn s3_error(code: &str, status: Option<u16>) -> ObjstoreError {
+        ObjstoreError::S3(Box::new(S3Error {
+            op: "PutObject",
+            bucket: "s3://b".into(),
+            key: "k".into(),
+            code: code.into(),
+            message: "m".into(),
+            status,
+            source: "sdk".into(),
+        }))
+    }
+
+    #[test]
+    fn throttling_and_server_errors_are_retryable_access_errors_are_not() {
+        assert!(s3_error("SlowDown", Some(503)).is_retryable());
+        assert!(s3_error("InternalError", Some(500)).is_retryable());
+        assert!(s3_error("DispatchFailure", None).is_retryable());
+        assert!(s3_error("Whatever", Some(502)).is_retryable());
+        assert!(!s3_error("AccessDenied", Some(403)).is_retryable());
+        assert!(!s3_error("NoSuchBucket", Some(404)).is_retryable());
+        let e = s3_error("AccessDenied", Some(403));
+        assert_eq!(e.aws_code(), Some("AccessDenied"));
+        assert_eq!(
+            e.to_string(),
+            "PutObject s3://b key \"k\": S3 error AccessDenied (HTTP 403): m"
+        );
+    }
+
+    #[tokio::test]
+    async fn open_bucket_gives_a_working_filesystem_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg: BucketConfig = serde_yaml::from_str(&format!(
+            "backend: filesystem\nfilesystem:\n  dir: {}\n",
+            dir.path().join("bucket").display()
+        ))
+        .unwrap();
+        let store = open_bucket(&cfg).await.unwrap();
+        store.put("t/k", Bytes::from_static(b"v")).await.unwrap();
+        assert_eq!(&store.get("t/k").await.unwrap()[..], b"v");
+        assert!(dir.path().join("bucket/t/k").is_file());
     }
 
     #[test]
