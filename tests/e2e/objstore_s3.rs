@@ -49,7 +49,7 @@ async fn yaml_configured_bucket_puts_gets_ranges_and_deletes() {
     let moto = MotoServer::shared();
     moto.create_bucket("blocks").await;
     let yaml = format!(
-        "backend: s3\ns3:\n  bucket_name: blocks\n  region: us-east-1\n  endpoint: 127.0.0.1:{}\n  insecure: true\n",
+        "backend: s3\ns3:\n  bucket_name: blocks\n  region: us-east-1\n  endpoint: 127.0.0.1:{}\n  insecure: true\n  storage_class: STANDARD_IA\n",
         moto.port()
     );
     let BucketConfig::S3(config) = serde_yaml::from_str(&yaml).unwrap() else {
@@ -63,6 +63,18 @@ async fn yaml_configured_bucket_puts_gets_ranges_and_deletes() {
         .await
         .unwrap();
     assert_eq!(&store.get("t/a").await.unwrap()[..], b"0123456789");
+    let raw = moto
+        .s3_client()
+        .head_object()
+        .bucket("blocks")
+        .key("t/a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        raw.storage_class(),
+        Some(&aws_sdk_s3::types::StorageClass::StandardIa)
+    );
     let meta = store.head("t/a").await.unwrap().unwrap();
     assert_eq!(meta.size, 10);
     let age = SystemTime::now()
