@@ -19,7 +19,7 @@
 //! are put into the child's environment and into [`MotoServer::sdk_config`], never into the test
 //! process' environment, so nothing else in the process sees AWS credentials. A process under
 //! test that reads credentials from its environment (e.g. `rimir` with `backend: s3`) gets them
-//! from [`MotoServer::child_env`].
+//! from [`child_env`].
 
 use std::net::TcpStream;
 use std::path::PathBuf;
