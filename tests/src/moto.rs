@@ -4,6 +4,7 @@
 //! ```no_run
 //! # async fn demo() {
 //! use rimir_e2e::moto::MotoServer;
+//! // One server per test, or `MotoServer::shared()` to share one between concurrent tests.
 //! let moto = MotoServer::start();
 //! moto.create_bucket("blocks").await;
 //! // An `s3` bucket config as a user would write it, pointed at moto:
@@ -18,11 +19,12 @@
 //! are put into the child's environment and into [`MotoServer::sdk_config`], never into the test
 //! process' environment, so nothing else in the process sees AWS credentials. A process under
 //! test that reads credentials from its environment (e.g. `rimir` with `backend: s3`) gets them
-//! from [`MotoServer::child_env`].
+//! from [`child_env`].
 
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -49,6 +51,23 @@ pub struct MotoServer {
 }
 
 impl MotoServer {
+    /// A server shared by the tests of this test binary that run at the same time: started by
+    /// the first caller, killed when the last `Arc` is dropped (a later caller starts a new
+    /// one). Saves moto's start-up (seconds) per test; tests sharing it must use their own
+    /// bucket names and not count account-wide resources — use [`MotoServer::start`] for that.
+    pub fn shared() -> Arc<MotoServer> {
+        static SHARED: Mutex<Weak<MotoServer>> = Mutex::new(Weak::new());
+        let mut slot = SHARED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(server) = slot.upgrade() {
+            return server;
+        }
+        let server = Arc::new(MotoServer::start());
+        *slot = Arc::downgrade(&server);
+        server
+    }
+
     /// Starts `moto_server -H 127.0.0.1 -p <free port>` and waits until it answers HTTP.
     /// Panics (with moto's log) when it cannot be started; tests/run.sh installs it.
     pub fn start() -> MotoServer {
@@ -195,4 +214,26 @@ pub fn child_env() -> [(&'static str, &'static str); 4] {
         ("AWS_REGION", REGION),
         ("AWS_EC2_METADATA_DISABLED", "true"),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The only user of `shared()` in this binary; another concurrent user would keep it alive.
+    #[test]
+    fn shared_server_is_reused_and_killed_after_the_last_user() {
+        let a = MotoServer::shared();
+        let b = MotoServer::shared();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(a.answers());
+        let port = a.port();
+        drop(a);
+        assert!(b.answers(), "killed while still in use");
+        drop(b);
+        assert!(
+            TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "moto still listening on {port} after drop"
+        );
+    }
 }

@@ -143,6 +143,35 @@ impl ObjstoreError {
         matches!(self, ObjstoreError::NotFound { .. })
     }
 
+    /// True for failures worth retrying later (after the SDK's own retries gave up): throttling,
+    /// S3 server errors, timeouts and connection failures. Missing objects, bad keys, bad config,
+    /// access denied or a missing bucket are terminal.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ObjstoreError::S3(e) => {
+                matches!(
+                    e.code.as_str(),
+                    "SlowDown"
+                        | "Throttling"
+                        | "RequestTimeout"
+                        | "InternalError"
+                        | "ServiceUnavailable"
+                        | "DispatchFailure"
+                        | "Timeout"
+                        | "ResponseError"
+                        | "ResponseBody"
+                ) || e.status.is_some_and(|s| s >= 500 || s == 429)
+            }
+            ObjstoreError::Io { source, .. } | ObjstoreError::LocalIo { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::WouldBlock
+            ),
+            _ => false,
+        }
+    }
+
     /// The AWS error code of an S3 service error (`AccessDenied`, `NoSuchBucket`, …).
     pub fn aws_code(&self) -> Option<&str> {
         match self {
@@ -345,6 +374,53 @@ pub struct S3Config {
     /// this size go in one `PutObject`. Mimir's `part_size`; default 64 MiB.
     #[serde(default)]
     pub part_size: u64,
+    /// Use the dual-stack (IPv4/IPv6) AWS endpoint.
+    #[serde(default)]
+    pub dualstack_enabled: bool,
+    /// Storage class of new objects (`STANDARD` when empty), e.g. `STANDARD_IA`.
+    #[serde(default)]
+    pub storage_class: String,
+    /// Accepted for Mimir compatibility: only `v4` (the default) exists.
+    #[serde(default)]
+    pub signature_version: String,
+    /// Accepted for Mimir compatibility: only `v2` (the default) exists.
+    #[serde(default)]
+    pub list_objects_version: String,
+    /// Accepted for Mimir compatibility and ignored: rimir always uses the AWS SDK's own
+    /// credential chain.
+    #[serde(default)]
+    pub native_aws_auth_enabled: bool,
+    /// Accepted for Mimir compatibility and ignored: requests carry CRC32 checksums.
+    #[serde(default)]
+    pub send_content_md5: bool,
+    /// Mimir's static credential keys (`access_key_id`, `secret_access_key`, `session_token`)
+    /// found in the config, by name. Their values are discarded while parsing, never stored;
+    /// [`S3Config::validate`] rejects them.
+    #[serde(flatten, default)]
+    pub static_credentials: StaticCredentialKeys,
+}
+
+/// Which of Mimir's static credential keys a config contained (values are never kept).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct StaticCredentialKeys {
+    /// `access_key_id` was given.
+    #[serde(default, rename = "access_key_id", deserialize_with = "key_present")]
+    pub access_key_id: bool,
+    /// `secret_access_key` was given.
+    #[serde(
+        default,
+        rename = "secret_access_key",
+        deserialize_with = "key_present"
+    )]
+    pub secret_access_key: bool,
+    /// `session_token` was given.
+    #[serde(default, rename = "session_token", deserialize_with = "key_present")]
+    pub session_token: bool,
+}
+
+/// Consumes a value without keeping it: credentials must not linger in memory or in `Debug`.
+fn key_present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
 }
 
 impl S3Config {
@@ -360,6 +436,49 @@ impl S3Config {
         } else {
             Some(format!("https://{e}"))
         }
+    }
+
+    /// Rejects what rimir cannot honour, naming the key: a missing bucket name, static
+    /// credentials, signature or listing versions other than v4/v2, an unknown storage class.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ObjstoreError::Config(m));
+        if self.bucket_name.trim().is_empty() {
+            return bad("blocks_storage.s3.bucket_name is required with backend: s3".into());
+        }
+        let creds = &self.static_credentials;
+        for (given, key) in [
+            (creds.access_key_id, "access_key_id"),
+            (creds.secret_access_key, "secret_access_key"),
+            (creds.session_token, "session_token"),
+        ] {
+            if given {
+                return bad(format!(
+                    "blocks_storage.s3.{key}: static credentials are not supported; credentials \
+                     come from the AWS default chain (IRSA web identity, environment, profile)"
+                ));
+            }
+        }
+        if !matches!(self.signature_version.as_str(), "" | "v4") {
+            return bad(format!(
+                "blocks_storage.s3.signature_version: {:?} is not supported (only v4)",
+                self.signature_version
+            ));
+        }
+        if !matches!(self.list_objects_version.as_str(), "" | "v2") {
+            return bad(format!(
+                "blocks_storage.s3.list_objects_version: {:?} is not supported (only v2)",
+                self.list_objects_version
+            ));
+        }
+        let known = aws_sdk_s3::types::StorageClass::values();
+        if !self.storage_class.is_empty() && !known.contains(&self.storage_class.as_str()) {
+            return bad(format!(
+                "blocks_storage.s3.storage_class: unknown storage class {:?} (one of {})",
+                self.storage_class,
+                known.join(", ")
+            ));
+        }
+        Ok(())
     }
 
     /// Whether requests use path-style addressing.
@@ -423,11 +542,7 @@ impl BucketConfig {
                 Ok(BucketConfig::Filesystem(filesystem))
             }
             Backend::S3 => {
-                if s3.bucket_name.trim().is_empty() {
-                    return Err(ObjstoreError::Config(
-                        "blocks_storage.s3.bucket_name is required with backend: s3".into(),
-                    ));
-                }
+                s3.validate()?;
                 Ok(BucketConfig::S3(s3))
             }
         }
@@ -496,6 +611,41 @@ mod tests {
     }
 
     #[test]
+    fn static_credentials_are_rejected_without_keeping_the_value() {
+        let yaml = "backend: s3\ns3:\n  bucket_name: b\n  secret_access_key: hunter2-secret\n";
+        let err = parse(yaml).unwrap_err().to_string();
+        assert!(err.contains("secret_access_key"), "{err}");
+        assert!(err.contains("AWS default chain"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let keys: BucketConfigKeys = serde_yaml::from_str(yaml).unwrap();
+        assert!(keys.s3.static_credentials.secret_access_key);
+        assert!(!format!("{keys:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn mimir_compatibility_keys_are_accepted_or_rejected_by_value() {
+        let ok = "backend: s3\ns3:\n  bucket_name: b\n  signature_version: v4\n  \
+                  list_objects_version: v2\n  native_aws_auth_enabled: true\n  \
+                  send_content_md5: true\n  storage_class: STANDARD_IA\n  dualstack_enabled: true\n  \
+                  part_size: 16777216\n";
+        let BucketConfig::S3(s3) = parse(ok).unwrap() else {
+            panic!("not s3")
+        };
+        assert_eq!(s3.storage_class, "STANDARD_IA");
+        assert_eq!(s3.part_size, 16 << 20);
+        assert!(s3.dualstack_enabled);
+        for (key, value) in [
+            ("signature_version", "v2"),
+            ("list_objects_version", "v1"),
+            ("storage_class", "FAST"),
+        ] {
+            let yaml = format!("backend: s3\ns3:\n  bucket_name: b\n  {key}: {value}\n");
+            let err = parse(&yaml).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(value), "{err}");
+        }
+    }
+
+    #[test]
     fn filesystem_is_the_default_backend() {
         let cfg = parse("filesystem:\n  dir: /data/blocks\n").unwrap();
         assert_eq!(
@@ -541,6 +691,48 @@ mod tests {
         ] {
             validate_key("test", good).unwrap();
         }
+    }
+
+    fn s3_error(code: &str, status: Option<u16>) -> ObjstoreError {
+        ObjstoreError::S3(Box::new(S3Error {
+            op: "PutObject",
+            bucket: "s3://b".into(),
+            key: "k".into(),
+            code: code.into(),
+            message: "m".into(),
+            status,
+            source: "sdk".into(),
+        }))
+    }
+
+    #[test]
+    fn throttling_and_server_errors_are_retryable_access_errors_are_not() {
+        assert!(s3_error("SlowDown", Some(503)).is_retryable());
+        assert!(s3_error("InternalError", Some(500)).is_retryable());
+        assert!(s3_error("DispatchFailure", None).is_retryable());
+        assert!(s3_error("Whatever", Some(502)).is_retryable());
+        assert!(!s3_error("AccessDenied", Some(403)).is_retryable());
+        assert!(!s3_error("NoSuchBucket", Some(404)).is_retryable());
+        let e = s3_error("AccessDenied", Some(403));
+        assert_eq!(e.aws_code(), Some("AccessDenied"));
+        assert_eq!(
+            e.to_string(),
+            "PutObject s3://b key \"k\": S3 error AccessDenied (HTTP 403): m"
+        );
+    }
+
+    #[tokio::test]
+    async fn open_bucket_gives_a_working_filesystem_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg: BucketConfig = serde_yaml::from_str(&format!(
+            "backend: filesystem\nfilesystem:\n  dir: {}\n",
+            dir.path().join("bucket").display()
+        ))
+        .unwrap();
+        let store = open_bucket(&cfg).await.unwrap();
+        store.put("t/k", Bytes::from_static(b"v")).await.unwrap();
+        assert_eq!(&store.get("t/k").await.unwrap()[..], b"v");
+        assert!(dir.path().join("bucket/t/k").is_file());
     }
 
     #[test]

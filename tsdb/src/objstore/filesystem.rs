@@ -113,10 +113,9 @@ impl FilesystemStore {
     ) -> Result<()> {
         let target = self.path_of(op, key)?;
         let dir = target.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&dir).map_err(self.io(op, key))?;
         let tmp = tmp_path_beside(&target);
         let result = (|| {
-            let mut f = File::create(&tmp).map_err(self.io(op, key))?;
+            let mut f = create_in_dir(&dir, &tmp).map_err(self.io(op, key))?;
             fill(&mut f)?;
             f.sync_all().map_err(self.io(op, key))?;
             drop(f);
@@ -225,6 +224,19 @@ impl FilesystemStore {
             dir = d.parent();
         }
         Ok(())
+    }
+}
+
+/// Creates `file` in `dir`, creating `dir` first. A concurrent delete removes directories it
+/// emptied, possibly between the two steps, so a vanished directory is recreated and retried.
+fn create_in_dir(dir: &Path, file: &Path) -> io::Result<File> {
+    let mut attempts = 0;
+    loop {
+        fs::create_dir_all(dir)?;
+        match File::create(file) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 5 => attempts += 1,
+            other => return other,
+        }
     }
 }
 

@@ -325,7 +325,7 @@ pub async fn delete_block(store: &dyn ObjectStore, tenant: &str, ulid: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objstore::FilesystemStore;
+    use crate::objstore::{BoxFuture, FilesystemStore, ObjectMeta};
 
     const ULID_A: &str = "01HZX3JQ4V6M7T0000000000AA";
     const ULID_B: &str = "01HZX3JQ4V6M7T0000000000BB";
@@ -383,15 +383,11 @@ mod tests {
         fn location(&self) -> &str {
             self.inner.location()
         }
-        fn put<'a>(&'a self, key: &'a str, data: Bytes) -> super::super::BoxFuture<'a, Result<()>> {
+        fn put<'a>(&'a self, key: &'a str, data: Bytes) -> BoxFuture<'a, Result<()>> {
             self.puts.lock().unwrap().push(key.to_string());
             self.inner.put(key, data)
         }
-        fn put_file<'a>(
-            &'a self,
-            key: &'a str,
-            path: &'a Path,
-        ) -> super::super::BoxFuture<'a, Result<()>> {
+        fn put_file<'a>(&'a self, key: &'a str, path: &'a Path) -> BoxFuture<'a, Result<()>> {
             self.puts.lock().unwrap().push(key.to_string());
             if self.fail_on.is_some_and(|f| key.ends_with(f)) {
                 return Box::pin(async move {
@@ -405,43 +401,33 @@ mod tests {
             }
             self.inner.put_file(key, path)
         }
-        fn get<'a>(&'a self, key: &'a str) -> super::super::BoxFuture<'a, Result<Bytes>> {
+        fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes>> {
             self.inner.get(key)
         }
         fn get_range<'a>(
             &'a self,
             key: &'a str,
             range: std::ops::Range<u64>,
-        ) -> super::super::BoxFuture<'a, Result<Bytes>> {
+        ) -> BoxFuture<'a, Result<Bytes>> {
             self.inner.get_range(key, range)
         }
-        fn get_to_file<'a>(
-            &'a self,
-            key: &'a str,
-            path: &'a Path,
-        ) -> super::super::BoxFuture<'a, Result<()>> {
+        fn get_to_file<'a>(&'a self, key: &'a str, path: &'a Path) -> BoxFuture<'a, Result<()>> {
             self.inner.get_to_file(key, path)
         }
-        fn head<'a>(
-            &'a self,
-            key: &'a str,
-        ) -> super::super::BoxFuture<'a, Result<Option<super::super::ObjectMeta>>> {
+        fn head<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<ObjectMeta>>> {
             self.inner.head(key)
         }
         fn list<'a>(
             &'a self,
             prefix: &'a str,
             delimiter: bool,
-        ) -> super::super::BoxFuture<'a, Result<Vec<ListEntry>>> {
+        ) -> BoxFuture<'a, Result<Vec<ListEntry>>> {
             self.inner.list(prefix, delimiter)
         }
-        fn delete<'a>(&'a self, key: &'a str) -> super::super::BoxFuture<'a, Result<()>> {
+        fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<()>> {
             self.inner.delete(key)
         }
-        fn delete_prefix<'a>(
-            &'a self,
-            prefix: &'a str,
-        ) -> super::super::BoxFuture<'a, Result<u64>> {
+        fn delete_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<u64>> {
             self.inner.delete_prefix(prefix)
         }
     }

@@ -15,6 +15,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier,
+    StorageClass,
 };
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
@@ -42,6 +43,7 @@ pub struct S3Store {
     location: String,
     part_size: u64,
     list_page_size: Option<i32>,
+    storage_class: Option<StorageClass>,
 }
 
 impl fmt::Debug for S3Store {
@@ -70,14 +72,11 @@ impl S3Store {
     /// endpoint and dummy credentials). Endpoint, addressing style and region from `config`
     /// take precedence over `sdk`.
     pub fn new(config: &S3Config, sdk: &SdkConfig) -> Result<Self> {
+        config.validate()?;
         let bucket = config.bucket_name.trim().to_string();
-        if bucket.is_empty() {
-            return Err(ObjstoreError::Config(
-                "blocks_storage.s3.bucket_name is required".into(),
-            ));
-        }
-        let mut builder =
-            aws_sdk_s3::config::Builder::from(sdk).force_path_style(config.path_style());
+        let mut builder = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(config.path_style())
+            .use_dual_stack(config.dualstack_enabled);
         if !config.region.trim().is_empty() {
             builder = builder.region(Region::new(config.region.trim().to_string()));
         }
@@ -102,6 +101,8 @@ impl S3Store {
             bucket,
             part_size,
             list_page_size: None,
+            storage_class: (!config.storage_class.is_empty())
+                .then(|| StorageClass::from(config.storage_class.as_str())),
         })
     }
 
@@ -216,6 +217,7 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(key)
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .set_storage_class(self.storage_class.clone())
             .send()
             .await
             .map_err(|e| self.err("CreateMultipartUpload", key, e))?;
@@ -395,6 +397,7 @@ impl ObjectStore for S3Store {
                 .put_object()
                 .bucket(&self.bucket)
                 .key(key)
+                .set_storage_class(self.storage_class.clone())
                 .body(ByteStream::from(data))
                 .send()
                 .await
@@ -418,6 +421,7 @@ impl ObjectStore for S3Store {
                 .put_object()
                 .bucket(&self.bucket)
                 .key(key)
+                .set_storage_class(self.storage_class.clone())
                 .content_length(len as i64)
                 .body(body)
                 .send()
