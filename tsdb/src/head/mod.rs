@@ -206,8 +206,11 @@ impl HeadData {
     }
 
     fn remove_series(&mut self, r: u64, labels: &Labels) {
+        self.remove_series_hashed(r, labels.stable_hash());
+    }
+
+    fn remove_series_hashed(&mut self, r: u64, hash: u64) {
         self.series.remove(&r);
-        let hash = labels.stable_hash();
         let others = self.collisions.get_mut(&hash);
         if self.by_hash.get(&hash) == Some(&r) {
             match others.and_then(|o| o.pop()) {
@@ -229,6 +232,10 @@ impl HeadData {
     /// Adds a series under `r`; when the labels already have a series, `r` becomes its alias.
     fn insert_series(&mut self, r: u64, labels: Labels) -> bool {
         let hash = labels.stable_hash();
+        self.insert_series_hashed(r, labels, hash)
+    }
+
+    fn insert_series_hashed(&mut self, r: u64, labels: Labels, hash: u64) -> bool {
         if let Some(existing) = self.lookup(&labels, hash) {
             if existing != r {
                 self.aliases.insert(r, existing);
@@ -236,10 +243,13 @@ impl HeadData {
             return false;
         }
         self.postings.add(r, &labels);
-        if self.by_hash.contains_key(&hash) {
-            self.collisions.entry(hash).or_default().push(r);
-        } else {
-            self.by_hash.insert(hash, r);
+        match self.by_hash.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collisions.entry(hash).or_default().push(r)
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(r);
+            }
         }
         self.series.insert(r, MemSeries::new(labels));
         true

@@ -273,3 +273,29 @@ fn memory_per_series_stays_small() {
         "{per_series} bytes per series"
     );
 }
+
+#[test]
+fn series_with_colliding_label_hashes_stay_apart() {
+    let mut d = HeadData::default();
+    let (a, b, c) = (l("a", "x"), l("b", "x"), l("c", "x"));
+    assert!(d.insert_series_hashed(1, a.clone(), 7));
+    assert!(d.insert_series_hashed(2, b.clone(), 7));
+    assert!(d.insert_series_hashed(3, c.clone(), 7));
+    assert!(
+        !d.insert_series_hashed(4, b.clone(), 7),
+        "same labels: alias"
+    );
+    assert_eq!(d.aliases.get(&4), Some(&2));
+    assert_eq!(
+        (d.lookup(&a, 7), d.lookup(&b, 7), d.lookup(&c, 7)),
+        (Some(1), Some(2), Some(3))
+    );
+    d.remove_series_hashed(1, 7);
+    assert_eq!(
+        (d.lookup(&a, 7), d.lookup(&b, 7), d.lookup(&c, 7)),
+        (None, Some(2), Some(3))
+    );
+    d.remove_series_hashed(2, 7);
+    d.remove_series_hashed(3, 7);
+    assert!(d.by_hash.is_empty() && d.collisions.is_empty());
+}
