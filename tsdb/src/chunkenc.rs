@@ -48,17 +48,15 @@ pub enum ChunkError {
     },
     /// The data ended before all announced samples were decoded.
     #[error(
-        "decoding XOR chunk: data ends at bit offset {bit_offset} while reading the {what} of sample {sample} of {total}"
+        "decoding XOR chunk: data ends at bit offset {bit_offset} before sample {sample} of {total} is complete"
     )]
     Truncated {
-        /// Bit offset where more data was needed.
+        /// Bit offset of the end of the data.
         bit_offset: u64,
         /// Index of the sample being decoded.
         sample: usize,
         /// Number of samples the header announces.
         total: usize,
-        /// Which field was being read.
-        what: &'static str,
     },
     /// A field holds a value no encoder produces.
     #[error("decoding XOR chunk: corrupt {what} of sample {sample} at bit offset {bit_offset}")]
@@ -68,7 +66,7 @@ pub enum ChunkError {
         /// Index of the sample being decoded.
         sample: usize,
         /// What is wrong.
-        what: String,
+        what: &'static str,
     },
     /// The data holds more than padding after its last sample, so appending would corrupt it.
     #[error(
@@ -411,33 +409,44 @@ impl XorIter<'_> {
         usize::from(self.total)
     }
 
-    /// Bit offset, within the chunk data, of the next unread bit.
+    /// Bit offset, within the chunk data, of the next unread bit (the end of the data once a
+    /// read ran past it).
     fn bit_position(&self) -> u64 {
         (HEADER_BYTES as u64) * 8 + self.r.position()
     }
 
-    fn truncated(&self, what: &'static str) -> ChunkError {
-        ChunkError::Truncated {
-            bit_offset: self.bit_position(),
-            sample: usize::from(self.read),
-            total: usize::from(self.total),
-            what,
+    /// Decodes the next sample into the iterator state. Reads past the end of the data return
+    /// zero bits and set the reader's `overrun` flag, checked once per sample by the caller;
+    /// the `Err` is the bit offset and description of a corrupt field.
+    #[inline]
+    fn decode_next(&mut self) -> Result<(), (u64, &'static str)> {
+        match self.read {
+            0 => {
+                let zz = self.read_uvarint()?;
+                self.t = ((zz >> 1) as i64) ^ -((zz & 1) as i64);
+                self.v = self.r.read_wide(64);
+            }
+            1 => {
+                self.t_delta = self.read_uvarint()?;
+                self.t = self.t.wrapping_add(self.t_delta as i64);
+                self.read_value()?;
+            }
+            _ => {
+                let dod = self.read_dod();
+                self.t_delta = self.t_delta.wrapping_add(dod as u64);
+                self.t = self.t.wrapping_add(self.t_delta as i64);
+                self.read_value()?;
+            }
         }
+        Ok(())
     }
 
-    fn bits(&mut self, n: u32, what: &'static str) -> Result<u64, ChunkError> {
-        match self.r.read_bits(n) {
-            Some(v) => Ok(v),
-            None => Err(self.truncated(what)),
-        }
-    }
-
-    fn uvarint(&mut self, what: &'static str) -> Result<u64, ChunkError> {
+    fn read_uvarint(&mut self) -> Result<u64, (u64, &'static str)> {
         let start = self.bit_position();
         let mut x = 0u64;
         let mut shift = 0u32;
         for i in 0..10 {
-            let b = self.bits(8, what)?;
+            let b = self.r.read_bits(8);
             if b < 0x80 {
                 if i == 9 && b > 1 {
                     break;
@@ -447,91 +456,67 @@ impl XorIter<'_> {
             x |= (b & 0x7f) << shift;
             shift += 7;
         }
-        Err(ChunkError::Corrupt {
-            bit_offset: start,
-            sample: usize::from(self.read),
-            what: format!("{what}: varint overflows 64 bits"),
-        })
+        Err((start, "timestamp varint (longer than 64 bits)"))
     }
 
-    fn read_value(&mut self) -> Result<(), ChunkError> {
-        if self.bits(1, "value control bit")? == 0 {
-            return Ok(());
-        }
-        let (trailing, sig) = if self.bits(1, "value control bit")? == 0 {
-            let sig = 64 - u32::from(self.leading) - u32::from(self.trailing);
-            (self.trailing, sig)
-        } else {
-            let at = self.bit_position();
-            let header = self.bits(11, "value leading/significant bit counts")?;
-            let leading = (header >> 6) as u32;
-            let sig = match (header & 0x3f) as u32 {
-                0 => 64,
-                s => s,
-            };
-            if leading + sig > 64 {
-                return Err(ChunkError::Corrupt {
-                    bit_offset: at,
-                    sample: usize::from(self.read),
-                    what: format!(
-                        "value encoding: {leading} leading zeros and {sig} significant bits exceed 64"
-                    ),
-                });
-            }
-            let trailing = (64 - leading - sig) as u8;
-            self.leading = leading as u8;
-            self.trailing = trailing;
-            self.window_set = true;
-            (trailing, sig)
-        };
-        let bits = self.bits(sig, "value significant bits")?;
-        // sig ≥ 1 so trailing ≤ 63 and the shift is defined.
-        self.v ^= bits << trailing;
-        Ok(())
-    }
-
-    fn decode_next(&mut self) -> Result<(i64, f64), ChunkError> {
-        match self.read {
-            0 => {
-                let zz = self.uvarint("timestamp")?;
-                self.t = ((zz >> 1) as i64) ^ -((zz & 1) as i64);
-                self.v = self.bits(64, "value")?;
-            }
-            1 => {
-                self.t_delta = self.uvarint("timestamp delta")?;
-                self.t = self.t.wrapping_add(self.t_delta as i64);
-                self.read_value()?;
-            }
-            _ => {
-                let dod = self.read_dod()?;
-                self.t_delta = self.t_delta.wrapping_add(dod as u64);
-                self.t = self.t.wrapping_add(self.t_delta as i64);
-                self.read_value()?;
-            }
-        }
-        self.read += 1;
-        Ok((self.t, f64::from_bits(self.v)))
-    }
-
-    fn read_dod(&mut self) -> Result<i64, ChunkError> {
-        const WHAT: &str = "timestamp delta-of-delta";
-        let sz = if self.bits(1, WHAT)? == 0 {
-            return Ok(0);
-        } else if self.bits(1, WHAT)? == 0 {
+    #[inline]
+    fn read_dod(&mut self) -> i64 {
+        let r = &mut self.r;
+        let sz = if r.read_bits(1) == 0 {
+            return 0;
+        } else if r.read_bits(1) == 0 {
             14
-        } else if self.bits(1, WHAT)? == 0 {
+        } else if r.read_bits(1) == 0 {
             17
-        } else if self.bits(1, WHAT)? == 0 {
+        } else if r.read_bits(1) == 0 {
             20
         } else {
-            return Ok(self.bits(64, WHAT)? as i64);
+            return r.read_wide(64) as i64;
         };
-        let mut bits = self.bits(sz, WHAT)?;
+        let mut bits = r.read_bits(sz);
         // Negative values come back as large unsigned ones; the bucket range is asymmetric.
         if bits > 1 << (sz - 1) {
             bits = bits.wrapping_sub(1 << sz);
         }
-        Ok(bits as i64)
+        bits as i64
+    }
+
+    #[inline]
+    fn read_value(&mut self) -> Result<(), (u64, &'static str)> {
+        if self.r.read_bits(1) == 0 {
+            return Ok(());
+        }
+        if self.r.read_bits(1) == 1 {
+            let at = self.bit_position();
+            let header = self.r.read_bits(11) as u32;
+            let leading = header >> 6;
+            let sig = match header & 0x3f {
+                0 => 64,
+                s => s,
+            };
+            if leading + sig > 64 {
+                return Err((
+                    at,
+                    "value window (leading zeros plus significant bits exceed 64)",
+                ));
+            }
+            self.leading = leading as u8;
+            self.trailing = (64 - leading - sig) as u8;
+            self.window_set = true;
+        }
+        let trailing = u32::from(self.trailing);
+        // The window sums to at most 64 and leaves at least one significant bit.
+        let sig = 64 - u32::from(self.leading) - trailing;
+        let bits = self.r.read_wide(sig);
+        self.v ^= bits << trailing;
+        Ok(())
+    }
+
+    /// Ends the iteration with `e`.
+    #[cold]
+    fn fail(&mut self, e: ChunkError) -> Option<Result<(i64, f64), ChunkError>> {
+        self.total = self.read;
+        Some(Err(e))
     }
 }
 
@@ -540,26 +525,33 @@ impl Iterator for XorIter<'_> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if let Some(e) = self.pending.take() {
-            self.total = self.read;
-            return Some(Err(e));
-        }
         if self.read >= self.total {
-            return None;
+            return self.pending.take().map(Err);
         }
-        match self.decode_next() {
-            Ok(s) => Some(Ok(s)),
-            Err(e) => {
-                // End after reporting the error.
-                self.total = self.read;
-                Some(Err(e))
-            }
+        let res = self.decode_next();
+        if self.r.overrun {
+            let e = ChunkError::Truncated {
+                bit_offset: self.bit_position(),
+                sample: usize::from(self.read),
+                total: usize::from(self.total),
+            };
+            return self.fail(e);
         }
+        if let Err((bit_offset, what)) = res {
+            let e = ChunkError::Corrupt {
+                bit_offset,
+                sample: usize::from(self.read),
+                what,
+            };
+            return self.fail(e);
+        }
+        self.read += 1;
+        Some(Ok((self.t, f64::from_bits(self.v))))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = usize::from(self.total - self.read);
-        (usize::from(self.pending.is_some()), Some(left + 1))
+        let left = usize::from(self.total - self.read) + usize::from(self.pending.is_some());
+        (0, Some(left))
     }
 }
 
@@ -573,6 +565,8 @@ struct BitReader<'a> {
     /// The low `valid` bits are the next unread bits, the highest of them first.
     buf: u64,
     valid: u32,
+    /// A read ran past the end of the data (and returned zeros).
+    overrun: bool,
 }
 
 impl<'a> BitReader<'a> {
@@ -582,6 +576,7 @@ impl<'a> BitReader<'a> {
             next: 0,
             buf: 0,
             valid: 0,
+            overrun: false,
         }
     }
 
@@ -614,26 +609,36 @@ impl<'a> BitReader<'a> {
         }
     }
 
-    /// Reads `n` bits (0 ≤ n ≤ 64), `None` if the data ends first (the position is then
-    /// unchanged only for the bits not yet consumed; callers stop at the first `None`).
+    /// Reads `n` ≤ 56 bits; past the end of the data, returns 0 and sets `overrun`.
     #[inline]
-    fn read_bits(&mut self, n: u32) -> Option<u64> {
-        if n > 56 {
-            let hi = self.read_bits(n - 32)?;
-            let lo = self.read_bits(32)?;
-            return Some((hi << 32) | lo);
-        }
+    fn read_bits(&mut self, n: u32) -> u64 {
         if self.valid < n {
             self.refill();
             if self.valid < n {
-                return None;
+                return self.overrun();
             }
         }
         self.valid -= n;
-        if n == 0 {
-            return Some(0);
+        (self.buf >> self.valid) & ((1u64 << n) - 1)
+    }
+
+    /// Reads `n` ≤ 64 bits.
+    #[inline]
+    fn read_wide(&mut self, n: u32) -> u64 {
+        if n <= 56 {
+            return self.read_bits(n);
         }
-        Some((self.buf >> self.valid) & ((1u64 << n) - 1))
+        let hi = self.read_bits(n - 32);
+        let lo = self.read_bits(32);
+        (hi << 32) | lo
+    }
+
+    #[cold]
+    fn overrun(&mut self) -> u64 {
+        self.overrun = true;
+        self.next = self.data.len();
+        self.valid = 0;
+        0
     }
 }
 
