@@ -49,6 +49,18 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Sample `n` of series `i`, shaped like node_exporter data: constant gauges, integer
+/// counters, CPU-seconds counters with two decimals, and fluctuating byte gauges.
+fn node_value(i: usize, n: i64) -> f64 {
+    let i = i as i64;
+    match i % 4 {
+        0 => (i % 17) as f64,
+        1 => (n * 3 + n % 7) as f64,
+        2 => (n * 1487 + i) as f64 / 100.0,
+        _ => (1_000_000_000 + ((n * 7919 + i * 104_729) % 1_000_000) * 4096) as f64,
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let series: usize = args.next().map_or(Ok(10_000), |s| s.parse())?;
@@ -87,21 +99,21 @@ fn main() -> anyhow::Result<()> {
             let labels = labels.clone();
             std::thread::spawn(move || -> anyhow::Result<u64> {
                 let mut append_ns = 0u64;
-                let mine: Vec<&Labels> = labels.iter().skip(w).step_by(threads).collect();
-                let mut v = 0.0f64;
+                let mine: Vec<(usize, &Labels)> =
+                    labels.iter().enumerate().skip(w).step_by(threads).collect();
                 for round in 0..rounds / per_series {
                     let t0 = 1_700_000_000_000 + round * per_series * 15_000;
                     for chunk in mine.chunks(batch) {
                         let b: Vec<(Labels, Vec<(i64, f64)>)> = chunk
                             .iter()
-                            .map(|l| {
+                            .map(|&(i, l)| {
                                 let s = (0..per_series)
                                     .map(|k| {
-                                        v += 1.25;
-                                        (t0 + k * 15_000, v)
+                                        let n = round * per_series + k;
+                                        (t0 + k * 15_000, node_value(i, n))
                                     })
                                     .collect();
-                                ((*l).clone(), s)
+                                (l.clone(), s)
                             })
                             .collect();
                         // A context switch makes the kernel account the time spent so far

@@ -567,6 +567,14 @@ impl Head {
         out
     }
 
+    /// Rejects samples older than `t` from now on (as [`RejectReason::SampleOutOfBounds`]). The
+    /// limit is not persisted: after a restart, the owner sets it from the newest block already
+    /// cut (Prometheus does the same), so the head does not take samples that block covers.
+    pub fn set_min_valid_time(&self, t: i64) {
+        let mut data = write(&self.data);
+        data.min_valid_time = data.min_valid_time.max(t);
+    }
+
     /// Label names of the series in the head, sorted.
     pub fn label_names(&self) -> Vec<String> {
         read(&self.data).postings.names()

@@ -214,6 +214,20 @@ fn truncation_drops_old_data_checkpoints_and_rejects_older_samples() {
     assert_eq!(head.num_series(), 2);
     assert_eq!(head.num_samples(), 241);
     assert_eq!(head.series_for_block(0, h2).len(), 0);
+    // The bound is not persisted; the owner restores it from its newest block.
+    head.set_min_valid_time(h2);
+    let s = head
+        .append(&[(l("late", "b"), vec![(h2 - 1, 1.0)])])
+        .unwrap();
+    assert_eq!(
+        s.rejected[0].counts,
+        vec![(RejectReason::SampleOutOfBounds, 1)]
+    );
+    assert!(
+        s.rejected[0]
+            .message
+            .contains("err-mimir-sample-timestamp-too-old")
+    );
 }
 
 #[test]
