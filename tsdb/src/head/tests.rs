@@ -214,6 +214,20 @@ fn truncation_drops_old_data_checkpoints_and_rejects_older_samples() {
     assert_eq!(head.num_series(), 2);
     assert_eq!(head.num_samples(), 241);
     assert_eq!(head.series_for_block(0, h2).len(), 0);
+    // The bound is not persisted; the owner restores it from its newest block.
+    head.set_min_valid_time(h2);
+    let s = head
+        .append(&[(l("late", "b"), vec![(h2 - 1, 1.0)])])
+        .unwrap();
+    assert_eq!(
+        s.rejected[0].counts,
+        vec![(RejectReason::SampleOutOfBounds, 1)]
+    );
+    assert!(
+        s.rejected[0]
+            .message
+            .contains("err-mimir-sample-timestamp-too-old")
+    );
 }
 
 #[test]
@@ -272,4 +286,30 @@ fn memory_per_series_stays_small() {
         per_series > 300 && per_series < 2500,
         "{per_series} bytes per series"
     );
+}
+
+#[test]
+fn series_with_colliding_label_hashes_stay_apart() {
+    let mut d = HeadData::default();
+    let (a, b, c) = (l("a", "x"), l("b", "x"), l("c", "x"));
+    assert!(d.insert_series_hashed(1, a.clone(), 7));
+    assert!(d.insert_series_hashed(2, b.clone(), 7));
+    assert!(d.insert_series_hashed(3, c.clone(), 7));
+    assert!(
+        !d.insert_series_hashed(4, b.clone(), 7),
+        "same labels: alias"
+    );
+    assert_eq!(d.aliases.get(&4), Some(&2));
+    assert_eq!(
+        (d.lookup(&a, 7), d.lookup(&b, 7), d.lookup(&c, 7)),
+        (Some(1), Some(2), Some(3))
+    );
+    d.remove_series_hashed(1, 7);
+    assert_eq!(
+        (d.lookup(&a, 7), d.lookup(&b, 7), d.lookup(&c, 7)),
+        (None, Some(2), Some(3))
+    );
+    d.remove_series_hashed(2, 7);
+    d.remove_series_hashed(3, 7);
+    assert!(d.by_hash.is_empty() && d.collisions.is_empty());
 }
