@@ -10,6 +10,7 @@ pub mod chunkenc;
 pub mod chunks;
 pub mod cli;
 pub mod compact;
+pub mod config;
 pub mod encoding;
 pub mod head;
 pub mod index;
