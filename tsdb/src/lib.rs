@@ -5,6 +5,7 @@
 //! Layering: `encoding` and `labels` → `chunkenc`, `chunks`, `index` → `block` → `head`, `wal`,
 //! `compact` → `objstore` → the server roles. Lower modules never call upper ones.
 
+pub mod api;
 pub mod block;
 pub mod chunkenc;
 pub mod chunks;
@@ -12,10 +13,12 @@ pub mod cli;
 pub mod compact;
 pub mod config;
 pub mod encoding;
+pub mod grpc;
 pub mod head;
 pub mod index;
 pub mod labels;
 pub mod objstore;
 pub mod openmetrics;
+pub mod ring;
 pub mod series;
 pub mod wal;
