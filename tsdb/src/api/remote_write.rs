@@ -331,7 +331,7 @@ pub fn encode_series(out: &mut Vec<u8>, labels: &[LabelRef<'_>], samples: &[Samp
 }
 
 fn varint_len(v: u64) -> usize {
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn field_len(n: usize) -> usize {
