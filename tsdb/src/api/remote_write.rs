@@ -57,7 +57,7 @@ pub struct PbSample {
 
 /// The protobuf body could not be decoded.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[error("decoding {what} at byte offset {offset}")]
+#[error("malformed or truncated {what} at byte offset {offset}")]
 pub struct ProtoError {
     /// Offset in the decompressed body.
     pub offset: usize,
@@ -240,13 +240,14 @@ impl<'a> Reader<'a> {
     }
 
     fn len_delimited(&mut self, what: &'static str) -> Result<(usize, usize), ProtoError> {
+        let at = self.pos;
         let n = self.varint(what)?;
         let start = self.pos;
         let end = usize::try_from(n)
             .ok()
             .and_then(|n| start.checked_add(n))
             .filter(|&e| e <= self.b.len())
-            .ok_or_else(|| self.err(what))?;
+            .ok_or(ProtoError { offset: at, what })?;
         self.pos = end;
         Ok((start, end))
     }
