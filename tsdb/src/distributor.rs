@@ -819,11 +819,14 @@ mod tests {
     use std::io::Write;
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    /// (tenant, [(labels, samples)]) of each push.
+    type Pushes = Vec<(String, Vec<(Vec<(String, String)>, Vec<Sample>)>)>;
+
     /// An in-memory ingester that records what it got, or fails when told to.
     #[derive(Default)]
     struct Fake {
         down: AtomicBool,
-        got: Mutex<Vec<(String, Vec<(Vec<(String, String)>, Vec<Sample>)>)>>,
+        got: Mutex<Pushes>,
     }
 
     #[tonic::async_trait]
