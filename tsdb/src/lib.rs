@@ -17,6 +17,7 @@ pub mod encoding;
 pub mod grpc;
 pub mod head;
 pub mod index;
+pub mod ingester;
 pub mod labels;
 pub mod metrics;
 pub mod objstore;
