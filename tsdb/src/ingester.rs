@@ -287,10 +287,9 @@ impl Ingester {
             }
             if let Some(maxt) = block_maxt(&block)
                 && maxt < cutoff
+                && let Err(e) = std::fs::remove_dir_all(&block)
             {
-                if let Err(e) = std::fs::remove_dir_all(&block) {
-                    tracing::warn!(block = %block.display(), error = %e, "deleting local block past retention");
-                }
+                tracing::warn!(block = %block.display(), error = %e, "deleting local block past retention");
             }
         }
     }
