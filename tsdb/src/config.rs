@@ -428,6 +428,8 @@ pub struct TsdbConfig {
     pub head_compaction_interval: GoDuration,
     /// How often cut blocks are shipped to the bucket.
     pub ship_interval: GoDuration,
+    /// Cut and ship every block of the heads when the ingester stops.
+    pub flush_blocks_on_shutdown: bool,
 }
 
 impl Default for TsdbConfig {
@@ -438,6 +440,7 @@ impl Default for TsdbConfig {
             retention_period: GoDuration::hours(13),
             head_compaction_interval: GoDuration::minutes(1),
             ship_interval: GoDuration::minutes(1),
+            flush_blocks_on_shutdown: false,
         }
     }
 }

@@ -24,4 +24,7 @@ pub mod objstore;
 pub mod openmetrics;
 pub mod ring;
 pub mod series;
+pub mod server;
+pub mod storage;
+
 pub mod wal;
