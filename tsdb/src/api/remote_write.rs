@@ -22,6 +22,13 @@ pub struct WriteRequest {
     pub timeseries: Vec<TimeSeries>,
 }
 
+impl WriteRequest {
+    /// The protobuf encoding (uncompressed).
+    pub fn encode_to_bytes(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(self)
+    }
+}
+
 /// One series of a [`WriteRequest`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TimeSeries {
