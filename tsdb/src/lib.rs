@@ -11,6 +11,7 @@ pub mod chunkenc;
 pub mod chunks;
 pub mod cli;
 pub mod compact;
+pub mod compactor;
 pub mod config;
 pub mod distributor;
 pub mod encoding;

@@ -16,11 +16,19 @@ struct Cli {
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    // `rimir tsdb …`: the offline tools live in `rimir_tsdb::cli` (hook for the lead: call
-    // `rimir_tsdb::cli::run(args)` here once it exists).
+    // `rimir tsdb …`: the offline block tools (`rimir_tsdb::cli`).
     if args.get(1).is_some_and(|a| a == "tsdb") {
-        eprintln!("rimir tsdb: the offline tools are not part of this build yet");
-        return ExitCode::from(2);
+        let rest: Vec<String> = args[2..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return match rimir_tsdb::cli::run(&rest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rimir tsdb: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     // Mimir spells flags with one dash (`-target=all`); accept both.
     let args = args.into_iter().map(|a| match a.to_str() {
