@@ -16,7 +16,10 @@ fn shipped_blocks_match_prometheus_tsdb() {
         &[
             "--target=all".into(),
             format!("--blocks-storage.filesystem.dir={}", bucket.display()),
-            format!("--blocks-storage.tsdb.dir={}", tmp.path().join("tsdb").display()),
+            format!(
+                "--blocks-storage.tsdb.dir={}",
+                tmp.path().join("tsdb").display()
+            ),
         ],
         None,
         tmp.path(),
@@ -85,7 +88,7 @@ remote_write:
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(1));
 
     // SIGTERM: Prometheus writes stale markers, flushes its remote-write queue and exits.
     let pid = prom.0.id().to_string();
@@ -95,12 +98,22 @@ remote_write:
 
     rimir.flush();
     let blocks = bucket_blocks(&bucket, "anonymous");
-    assert!(!blocks.is_empty(), "no block shipped; log:\n{}", rimir.log_text());
+    assert!(
+        !blocks.is_empty(),
+        "no block shipped; log:\n{}",
+        rimir.log_text()
+    );
 
     let ours = promtool_dump(&bucket.join("anonymous"));
     let theirs = promtool_dump(&prom_data);
-    let missing: Vec<&String> = theirs.iter().filter(|l| ours.binary_search(l).is_err()).collect();
-    let extra: Vec<&String> = ours.iter().filter(|l| theirs.binary_search(l).is_err()).collect();
+    let missing: Vec<&String> = theirs
+        .iter()
+        .filter(|l| ours.binary_search(l).is_err())
+        .collect();
+    let extra: Vec<&String> = ours
+        .iter()
+        .filter(|l| theirs.binary_search(l).is_err())
+        .collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
         "{} samples only in Prometheus (e.g. {:?}), {} only in rimir (e.g. {:?}) of {}",
@@ -110,9 +123,21 @@ remote_write:
         extra.iter().take(3).collect::<Vec<_>>(),
         theirs.len()
     );
-    assert!(theirs.len() > 5000, "only {} samples compared", theirs.len());
-    let series: std::collections::BTreeSet<&str> =
-        ours.iter().filter_map(|l| l.rsplitn(3, ' ').nth(2)).collect();
-    assert!(series.iter().any(|s| s.contains("node_cpu_seconds_total")), "node_exporter series shipped");
-    assert!(series.iter().any(|s| s.contains("job=\"prometheus\"")), "Prometheus' own series shipped");
+    assert!(
+        theirs.len() > 5000,
+        "only {} samples compared",
+        theirs.len()
+    );
+    let series: std::collections::BTreeSet<&str> = ours
+        .iter()
+        .filter_map(|l| l.rsplitn(3, ' ').nth(2))
+        .collect();
+    assert!(
+        series.iter().any(|s| s.contains("node_cpu_seconds_total")),
+        "node_exporter series shipped"
+    );
+    assert!(
+        series.iter().any(|s| s.contains("job=\"prometheus\"")),
+        "Prometheus' own series shipped"
+    );
 }

@@ -1,6 +1,6 @@
 //! Vector-style remote-write clients against `rimir --target=all` with multitenancy: the GET
 //! healthcheck passes, gzip and zstd bodies are accepted, and each `X-Scope-OrgID` tenant's
-//! blocks land under its own prefix in the bucket.
+//! blocks land under its own prefix in the bucket; SIGTERM then stops the process cleanly.
 
 use std::io::Write;
 
@@ -10,12 +10,15 @@ use rimir_e2e::rimir::{Rimir, bucket_blocks, get, now_ms, post, promtool_dump, w
 fn healthcheck_gzip_zstd_and_tenant_prefixes() {
     let tmp = tempfile::tempdir().unwrap();
     let bucket = tmp.path().join("bucket");
-    let rimir = Rimir::start(
+    let mut rimir = Rimir::start(
         &[
             "--target=all".into(),
             "--auth.multitenancy-enabled=true".into(),
             format!("--blocks-storage.filesystem.dir={}", bucket.display()),
-            format!("--blocks-storage.tsdb.dir={}", tmp.path().join("tsdb").display()),
+            format!(
+                "--blocks-storage.tsdb.dir={}",
+                tmp.path().join("tsdb").display()
+            ),
         ],
         None,
         tmp.path(),
@@ -24,7 +27,11 @@ fn healthcheck_gzip_zstd_and_tenant_prefixes() {
     rimir.wait_ready();
     let push_url = format!("{}/api/v1/push", rimir.url);
 
-    assert_eq!(get(&push_url).0, 200, "Vector's default healthcheck GETs the push URL");
+    assert_eq!(
+        get(&push_url).0,
+        200,
+        "Vector's default healthcheck GETs the push URL"
+    );
 
     let t = now_ms();
     let series = |tenant: &str| {
@@ -65,7 +72,13 @@ fn healthcheck_gzip_zstd_and_tenant_prefixes() {
         assert_eq!(blocks.len(), 1, "{tenant}: {blocks:?}");
         let dump = promtool_dump(&bucket.join(tenant));
         assert_eq!(dump.len(), 10, "{tenant}: {dump:?}");
-        assert!(dump.iter().all(|l| l.contains(&format!("tenant=\"{tenant}\""))));
+        assert!(
+            dump.iter()
+                .all(|l| l.contains(&format!("tenant=\"{tenant}\"")))
+        );
     }
     assert!(bucket_blocks(&bucket, "anonymous").is_empty());
+
+    // SIGTERM stops it cleanly (exit status 0).
+    rimir.terminate();
 }

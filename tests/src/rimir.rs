@@ -9,6 +9,16 @@ use rimir_tsdb::api::remote_write::{Label, PbSample, TimeSeries, WriteRequest};
 
 use crate::{ChildGuard, free_port, run_ok, workspace_bin};
 
+/// The `rimir` binary: beside this executable (a binary such as `rimir-loadgen`) or beside its
+/// `deps/` directory (a test).
+pub fn rimir_bin() -> PathBuf {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("rimir")))
+        .filter(|p| p.is_file());
+    beside.unwrap_or_else(|| workspace_bin("rimir"))
+}
+
 /// An HTTP agent that returns every status as a response and never waits long.
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -44,8 +54,11 @@ pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
     }
 }
 
+/// One series to push: label pairs (any order) and samples.
+pub type SeriesSpec<'a> = (Vec<(&'a str, String)>, Vec<(i64, f64)>);
+
 /// A remote-write request from `(labels, samples)` pairs; labels are sorted here.
-pub fn write_request(series: &[(Vec<(&str, String)>, Vec<(i64, f64)>)]) -> Vec<u8> {
+pub fn write_request(series: &[SeriesSpec<'_>]) -> Vec<u8> {
     WriteRequest {
         timeseries: series
             .iter()
@@ -94,6 +107,8 @@ pub struct Rimir {
     pub grpc_port: u16,
     /// The arguments it was started with (to restart it).
     pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
     /// Its log file.
     pub log: PathBuf,
     child: Option<ChildGuard>,
@@ -103,6 +118,17 @@ impl Rimir {
     /// Starts `rimir` with `args` plus free HTTP/gRPC ports on 127.0.0.1 (unless `grpc_port` is
     /// given), logging into `log_dir`.
     pub fn start(args: &[String], grpc_port: Option<u16>, log_dir: &Path, name: &str) -> Self {
+        Self::start_with_env(args, grpc_port, log_dir, name, &[])
+    }
+
+    /// [`Rimir::start`] with extra environment variables (e.g. AWS credentials for moto).
+    pub fn start_with_env(
+        args: &[String],
+        grpc_port: Option<u16>,
+        log_dir: &Path,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let http = free_port();
         let grpc = grpc_port.unwrap_or_else(free_port);
         let mut all = vec![
@@ -115,6 +141,10 @@ impl Rimir {
             url: format!("http://127.0.0.1:{http}"),
             grpc_port: grpc,
             args: all,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log: log_dir.join(format!("{name}.log")),
             child: None,
         };
@@ -128,6 +158,7 @@ impl Rimir {
             url: url.to_string(),
             grpc_port: 0,
             args: Vec::new(),
+            env: Vec::new(),
             log: PathBuf::new(),
             child: None,
         }
@@ -139,8 +170,9 @@ impl Rimir {
             .append(true)
             .open(&self.log)
             .expect("open log file");
-        let child = Command::new(workspace_bin("rimir"))
+        let child = Command::new(rimir_bin())
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -170,6 +202,11 @@ impl Rimir {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.0.id())
+    }
+
     /// SIGKILLs the process.
     pub fn kill(&mut self) {
         self.child = None;
@@ -181,7 +218,11 @@ impl Rimir {
             let pid = g.0.id().to_string();
             run_ok(Command::new("kill").args(["-TERM", &pid]));
             let status = g.0.wait().expect("wait rimir");
-            assert!(status.success(), "rimir exited with {status}:\n{}", self.log_text());
+            assert!(
+                status.success(),
+                "rimir exited with {status}:\n{}",
+                self.log_text()
+            );
         }
     }
 
@@ -193,7 +234,10 @@ impl Rimir {
 
     /// POSTs a snappy remote-write body to `/api/v1/push`.
     pub fn push(&self, tenant: Option<&str>, body: &[u8]) -> (u16, String) {
-        let mut h = vec![("Content-Encoding", "snappy"), ("Content-Type", "application/x-protobuf")];
+        let mut h = vec![
+            ("Content-Encoding", "snappy"),
+            ("Content-Type", "application/x-protobuf"),
+        ];
         if let Some(t) = tenant {
             h.push(("X-Scope-OrgID", t));
         }
@@ -220,13 +264,23 @@ pub fn bucket_blocks(bucket: &Path, tenant: &str) -> Vec<PathBuf> {
     v
 }
 
-/// `promtool tsdb dump` of a directory of blocks, as sorted lines.
+/// `promtool tsdb dump` of a directory of blocks (or a Prometheus data directory), as sorted,
+/// deduplicated lines. A bucket prefix has no `wal/`, which promtool needs: its blocks are
+/// copied into a scratch directory that has one (promtool skips symlinked block directories).
 pub fn promtool_dump(db_dir: &Path) -> Vec<String> {
-    let out = run_ok(
-        Command::new("promtool")
-            .args(["tsdb", "dump"])
-            .arg(db_dir),
-    );
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let dir = if db_dir.join("wal").is_dir() {
+        db_dir.to_path_buf()
+    } else {
+        std::fs::create_dir(scratch.path().join("wal")).expect("mkdir wal");
+        for b in std::fs::read_dir(db_dir).expect("list blocks").flatten() {
+            if b.path().join("meta.json").is_file() {
+                copy_dir(&b.path(), &scratch.path().join(b.file_name()));
+            }
+        }
+        scratch.path().to_path_buf()
+    };
+    let out = run_ok(Command::new("promtool").args(["tsdb", "dump"]).arg(&dir));
     let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.is_empty())
@@ -235,4 +289,16 @@ pub fn promtool_dump(db_dir: &Path) -> Vec<String> {
     lines.sort();
     lines.dedup();
     lines
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir").flatten() {
+        let dst = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).expect("copy file");
+        }
+    }
 }

@@ -390,12 +390,10 @@ pub struct S3Config {
     pub endpoint: String,
     /// Use `http://` for an endpoint given without a scheme.
     pub insecure: bool,
-    /// Path-style addressing (S3-compatible stores).
+    /// Path-style addressing (S3-compatible stores; automatic with a custom endpoint).
+    /// Credentials never come from this file: the AWS SDK default chain (environment, IRSA web
+    /// identity, instance metadata) provides them.
     pub force_path_style: bool,
-    /// Static access key (empty: the default credential chain, e.g. IRSA).
-    pub access_key_id: String,
-    /// Static secret key.
-    pub secret_access_key: String,
 }
 
 /// `blocks_storage.filesystem.*`

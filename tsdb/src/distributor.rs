@@ -1158,6 +1158,68 @@ mod tests {
         );
     }
 
+    /// An ingester that only answers `Info`.
+    struct Named(&'static str);
+
+    #[tonic::async_trait]
+    impl IngesterService for Named {
+        async fn push(&self, _: PushRequest) -> Result<PushResponse, tonic::Status> {
+            Err(tonic::Status::unimplemented("push"))
+        }
+        async fn query_stream(
+            &self,
+            _: QueryRequest,
+        ) -> Result<Vec<QueryStreamResponse>, tonic::Status> {
+            Ok(vec![])
+        }
+        async fn label_names(&self, _: LabelRequest) -> Result<LabelResponse, tonic::Status> {
+            Ok(LabelResponse::default())
+        }
+        async fn label_values(&self, _: LabelRequest) -> Result<LabelResponse, tonic::Status> {
+            Ok(LabelResponse::default())
+        }
+        async fn info(&self) -> Result<InfoResponse, tonic::Status> {
+            Ok(InfoResponse {
+                id: self.0.into(),
+                zone: "zone-b".into(),
+                ready: true,
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dns_members_are_resolved_and_named_by_their_info() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = crate::grpc::IngesterServer::new(Arc::new(Named("ingester-7")), 1 << 20);
+        let h = tokio::spawn(server.serve(listener, async {
+            let _ = rx.await;
+        }));
+        let mut cfg = Config::default();
+        cfg.ingester.ring.join_members = vec![format!("dns+localhost:{port}")];
+        cfg.ingester.ring.instances = vec![crate::config::RingInstance {
+            id: "static-0".into(),
+            addr: "127.0.0.1:1".into(),
+            zone: String::new(),
+        }];
+        let pool = IngesterPool::new(&cfg);
+        pool.refresh(&cfg).await;
+        let ring = pool.ring();
+        let ids: Vec<(&str, &str)> = ring
+            .instances()
+            .iter()
+            .map(|i| (i.id.as_str(), i.zone.as_str()))
+            .collect();
+        assert_eq!(ids, vec![("ingester-7", "zone-b"), ("static-0", "")]);
+        assert_eq!(ring.instances()[0].addr, format!("127.0.0.1:{port}"));
+        // Once the member stops answering, it keeps its identity from the previous ring.
+        let _ = tx.send(());
+        h.await.unwrap().unwrap();
+        pool.refresh(&cfg).await;
+        assert_eq!(pool.ring().instances().len(), 2);
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn per_tenant_overrides_apply_only_to_that_tenant() {
         let mut cfg = Config::from_yaml(
