@@ -462,6 +462,14 @@ impl Distributor {
         let mut ok = vec![false; instances.len()];
         let mut first_failure: Option<String> = None;
         let mut client_error: Option<String> = None;
+        let mut failed = vec![false; instances.len()];
+        let worst_of = |ok: &[bool]| {
+            replicas_of
+                .chunks(rf.max(1))
+                .map(|reps| reps.iter().filter(|&&i| ok[i]).count())
+                .min()
+                .unwrap_or(rf)
+        };
         while let Some(joined) = tasks.join_next().await {
             let Ok((i, r, secs)) = joined else { continue };
             let inst = &instances[i];
@@ -490,19 +498,22 @@ impl Distributor {
                         client_error.get_or_insert(s.message().to_string());
                         ok[i] = true;
                     } else {
+                        failed[i] = true;
                         first_failure.get_or_insert_with(|| {
                             format!("ingester {} ({}): {}", inst.id, inst.addr, s.message())
                         });
                     }
                 }
             }
+            // Every series has its quorum: answer now and let slower replicas finish on
+            // their own, as Mimir does, so one slow ingester does not set the latency.
+            if !tasks.is_empty() && worst_of(&ok) >= quorum {
+                tasks.detach_all();
+                break;
+            }
         }
-        self.update_ring_health(&ok, &replicas_of, instances);
-        let worst = replicas_of
-            .chunks(rf.max(1))
-            .map(|reps| reps.iter().filter(|&&i| ok[i]).count())
-            .min()
-            .unwrap_or(rf);
+        self.update_ring_health(&failed, instances);
+        let worst = worst_of(&ok);
         if worst < quorum {
             return Err(PushResult::err(
                 500,
@@ -518,13 +529,8 @@ impl Distributor {
         Ok(())
     }
 
-    fn update_ring_health(&self, ok: &[bool], used: &[usize], instances: &[Instance]) {
-        let mut failed = 0i64;
-        for (i, _) in instances.iter().enumerate() {
-            if used.contains(&i) && !ok[i] {
-                failed += 1;
-            }
-        }
+    fn update_ring_health(&self, failed: &[bool], instances: &[Instance]) {
+        let failed = failed.iter().filter(|&&f| f).count() as i64;
         self.metrics
             .ring_members
             .get_or_create(&Metrics::label("state", "ACTIVE"))
@@ -826,6 +832,7 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         down: AtomicBool,
+        slow: AtomicBool,
         got: Mutex<Pushes>,
     }
 
@@ -834,6 +841,9 @@ mod tests {
         async fn push(&self, req: PushRequest) -> Result<PushResponse, tonic::Status> {
             if self.down.load(Ordering::SeqCst) {
                 return Err(tonic::Status::unavailable("connection refused"));
+            }
+            if self.slow.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_secs(30)).await;
             }
             let raw = decompress(req.compression, &req.payload, 1 << 24)?;
             let w = WriteRequestRef::decode(&raw)
@@ -1155,6 +1165,23 @@ mod tests {
                 .contains("quorum not reached (1 of 3 replicas acknowledged, 2 needed)"),
             "{}",
             r.message
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn quorum_answers_without_waiting_for_a_slow_replica() {
+        let (d, fakes) = setup(&Config::default(), 3);
+        fakes[2].slow.store(true, Ordering::SeqCst);
+        let body = snappy(&WriteRequest {
+            timeseries: vec![ts(&[("__name__", "m")], &[(now(), 1.0)])],
+        });
+        let start = Instant::now();
+        let r = d.push(None, None, &body).await;
+        assert_eq!(r.status, 200, "{}", r.message);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
         );
     }
 
