@@ -110,6 +110,38 @@ impl Default for CompactorSettings {
     }
 }
 
+impl CompactorSettings {
+    /// The settings of `cfg`'s `compactor` section, `limits.compactor_blocks_retention_period`
+    /// (with per-tenant overrides) and `compression.cold`.
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, crate::config::ConfigError> {
+        let c = &cfg.compactor;
+        let limits = cfg.tenant_limits()?;
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        Ok(Self {
+            data_dir: c.data_dir.clone(),
+            block_ranges: c
+                .block_ranges
+                .iter()
+                .map(|d| d.0.as_millis() as i64)
+                .collect(),
+            deletion_delay: c.deletion_delay.0,
+            retention: nonzero(limits.default.compactor_blocks_retention_period.0),
+            tenant_retention: limits
+                .per_tenant
+                .iter()
+                .map(|(t, l)| (t.clone(), l.compactor_blocks_retention_period.0))
+                .collect(),
+            partial_block_deletion_delay: c.partial_block_deletion_delay.0,
+            cold: match cfg.compression.cold {
+                crate::config::Compression::None => Compression::None,
+                crate::config::Compression::Gzip => Compression::Gzip,
+                crate::config::Compression::Snappy => Compression::Snappy,
+            },
+            max_data_dir_bytes: (c.max_data_dir_bytes > 0).then_some(c.max_data_dir_bytes),
+        })
+    }
+}
+
 /// `deletion-mark.json`, as Thanos and Mimir write it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeletionMark {

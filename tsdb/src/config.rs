@@ -169,6 +169,10 @@ impl Target {
     pub fn runs_ingester(self) -> bool {
         matches!(self, Target::All | Target::Ingester)
     }
+    /// Whether this process runs the compactor.
+    pub fn runs_compactor(self) -> bool {
+        matches!(self, Target::All | Target::Compactor)
+    }
     /// Whether this process runs the querier.
     pub fn runs_querier(self) -> bool {
         matches!(self, Target::All | Target::Querier)
@@ -460,12 +464,31 @@ impl TsdbConfig {
 pub struct CompactorConfig {
     /// The compactor's working directory (its PVC).
     pub data_dir: PathBuf,
+    /// Compaction ranges, ascending; the first is the ingesters' block range (2h, 12h, 24h).
+    pub block_ranges: Vec<GoDuration>,
+    /// How long a block marked for deletion stays readable before it is removed (12h).
+    pub deletion_delay: GoDuration,
+    /// Time between compaction runs (1h).
+    pub compaction_interval: GoDuration,
+    /// Partial uploads (no meta.json) untouched this long are removed (1d).
+    pub partial_block_deletion_delay: GoDuration,
+    /// Cap on the bytes the data dir may use, below the volume's free space (0: no cap).
+    pub max_data_dir_bytes: u64,
 }
 
 impl Default for CompactorConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./data/compactor"),
+            block_ranges: vec![
+                GoDuration::hours(2),
+                GoDuration::hours(12),
+                GoDuration::hours(24),
+            ],
+            deletion_delay: GoDuration::hours(12),
+            compaction_interval: GoDuration::hours(1),
+            partial_block_deletion_delay: GoDuration::hours(24),
+            max_data_dir_bytes: 0,
         }
     }
 }
@@ -519,6 +542,8 @@ pub struct Limits {
     pub creation_grace_period: GoDuration,
     /// Active series per tenant across the cluster (150 000; 0 = unlimited).
     pub max_global_series_per_user: u64,
+    /// Blocks whose data ended longer ago than this are deleted by the compactor (0 = keep).
+    pub compactor_blocks_retention_period: GoDuration,
 }
 
 impl Default for Limits {
@@ -531,6 +556,7 @@ impl Default for Limits {
             max_label_value_length: 2048,
             creation_grace_period: GoDuration::minutes(10),
             max_global_series_per_user: 150_000,
+            compactor_blocks_retention_period: GoDuration(std::time::Duration::ZERO),
         }
     }
 }
@@ -574,6 +600,15 @@ impl Config {
         if self.blocks_storage.tsdb.block_range_ms() <= 0 {
             return Err(ConfigError::Invalid(
                 "blocks_storage.tsdb.block_ranges_period must be positive".into(),
+            ));
+        }
+        let ranges = &self.compactor.block_ranges;
+        if ranges.is_empty()
+            || ranges.iter().any(|d| d.0.is_zero())
+            || ranges.windows(2).any(|w| w[1].0 <= w[0].0)
+        {
+            return Err(ConfigError::Invalid(
+                "compactor.block_ranges must be positive and strictly ascending (e.g. [2h, 12h, 24h])".into(),
             ));
         }
         if self.blocks_storage.backend == Backend::S3
@@ -679,6 +714,9 @@ pub struct Flags {
     /// Compactor working directory.
     #[arg(long = "compactor.data-dir")]
     pub compactor_data_dir: Option<PathBuf>,
+    /// Run one compaction pass over the bucket and exit (tests, cron jobs).
+    #[arg(long = "compactor.run-once")]
+    pub compactor_run_once: bool,
     /// Replication factor.
     #[arg(long = "ingester.ring.replication-factor")]
     pub replication_factor: Option<usize>,
