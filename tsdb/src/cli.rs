@@ -1,6 +1,7 @@
 //! `rimir tsdb …`: block tools mirroring promtool's, so users and tests can check interop.
 //!
-//! `create-blocks-from openmetrics IN OUT`, `dump DIR`, `list DIR`, `analyze DIR`. Output formats
+//! `create-blocks-from openmetrics IN OUT`, `dump DIR`, `list DIR`, `analyze DIR`,
+//! `decompress DIR OUT` (plain copies of cold-compressed blocks). Output formats
 //! follow promtool 2.42 (`dump` prints `labels value timestamp` lines like `promtool tsdb dump`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -92,6 +93,13 @@ enum TsdbCommand {
         /// Directory holding blocks.
         dir: PathBuf,
     },
+    /// Write plain Prometheus copies of the (possibly cold-compressed) blocks in DIR to OUT.
+    Decompress {
+        /// Directory holding blocks.
+        dir: PathBuf,
+        /// Output directory.
+        out: PathBuf,
+    },
     /// Summarise the blocks in DIR: sizes, bytes per sample, label cardinalities.
     Analyze {
         /// Directory holding blocks.
@@ -145,6 +153,16 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
             dump(&dir, &matchers, min_time, max_time, &mut out)?;
         }
         TsdbCommand::List { dir } => list(&dir, &mut out)?,
+        TsdbCommand::Decompress { dir, out: dst } => {
+            std::fs::create_dir_all(&dst).map_err(|source| CliError::Read {
+                path: dst.clone(),
+                source,
+            })?;
+            for d in list_block_dirs(&dir)? {
+                let p = crate::block::decompress_block_to(&d, &dst)?;
+                writeln!(out, "{}", p.display())?;
+            }
+        }
         TsdbCommand::Analyze { dir, limit } => analyze(&dir, limit, &mut out)?,
     }
     out.flush()?;
