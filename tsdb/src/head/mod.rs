@@ -397,6 +397,8 @@ impl Head {
     /// crash. Rejected samples (out of order beyond the window, a new value for a stored
     /// timestamp, older than the head accepts) are counted per series; the rest of the batch is
     /// stored. A WAL error fails the whole call and stores nothing.
+    ///
+    /// Blocks on disk I/O (`write` + `fdatasync`): call it from `spawn_blocking` in async code.
     pub fn append(&self, batch: &[(Labels, Vec<Sample>)]) -> Result<AppendSummary, HeadError> {
         let mut summary = AppendSummary::default();
         let wal_err = |source| HeadError::Wal {
