@@ -5,6 +5,7 @@
 //! `s3` object-store backend, the compactor and the operator.
 
 pub mod moto;
+pub mod rimir;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output};

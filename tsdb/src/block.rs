@@ -301,13 +301,13 @@ impl BlockWriter {
         if samples.is_empty() {
             return Ok(());
         }
-        if let Some((prev, _)) = self.series.last() {
-            if *prev >= labels {
-                return Err(BlockError::Unsorted {
-                    series: labels.to_string(),
-                    previous: prev.to_string(),
-                });
-            }
+        if let Some((prev, _)) = self.series.last()
+            && *prev >= labels
+        {
+            return Err(BlockError::Unsorted {
+                series: labels.to_string(),
+                previous: prev.to_string(),
+            });
         }
         if let Some(w) = samples.windows(2).find(|w| w[1].0 <= w[0].0) {
             return Err(BlockError::UnsortedSamples {

@@ -31,15 +31,12 @@ pub fn compact_blocks(
         c.advance()?;
     }
     let mut w = BlockWriter::new(parent)?;
-    loop {
-        let Some(min) = cursors
-            .iter()
-            .filter_map(|c| c.head.as_ref().map(|h| &h.0))
-            .min()
-            .cloned()
-        else {
-            break;
-        };
+    while let Some(min) = cursors
+        .iter()
+        .filter_map(|c| c.head.as_ref().map(|h| &h.0))
+        .min()
+        .cloned()
+    {
         let mut parts: Vec<Vec<Sample>> = Vec::new();
         for c in &mut cursors {
             if c.head.as_ref().is_some_and(|h| h.0 == min) {

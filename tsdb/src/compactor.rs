@@ -39,7 +39,7 @@ pub enum CompactorError {
         /// The tenant being processed.
         tenant: String,
         /// The bucket error.
-        source: ObjstoreError,
+        source: Box<ObjstoreError>,
     },
     /// Reading or writing a block in the data directory failed.
     #[error("compactor, tenant {tenant}, blocks {blocks:?}: {source}")]
@@ -49,7 +49,7 @@ pub enum CompactorError {
         /// The blocks of the job.
         blocks: Vec<String>,
         /// The block error.
-        source: BlockError,
+        source: Box<BlockError>,
     },
     /// A block's meta.json or a marker in the bucket is not valid JSON.
     #[error("compactor, tenant {tenant}: parse {key}: {source}")]
@@ -451,7 +451,7 @@ impl Compactor {
             .await
             .map_err(|source| CompactorError::Bucket {
                 tenant: "*".into(),
-                source,
+                source: Box::new(source),
             })?;
         for tenant in tenants {
             report.tenants += 1;
@@ -463,7 +463,7 @@ impl Compactor {
     async fn scan(&self, tenant: &str) -> Result<BTreeMap<String, BlockState>, CompactorError> {
         let bucket = |source| CompactorError::Bucket {
             tenant: tenant.to_string(),
-            source,
+            source: Box::new(source),
         };
         let entries = self
             .store
@@ -509,7 +509,7 @@ impl Compactor {
             .await
             .map_err(|source| CompactorError::Bucket {
                 tenant: tenant.to_string(),
-                source,
+                source: Box::new(source),
             })?;
         serde_json::from_slice(&body).map_err(|source| CompactorError::Json {
             tenant: tenant.to_string(),
@@ -534,7 +534,7 @@ impl Compactor {
                 .await
                 .map_err(|source| CompactorError::Bucket {
                     tenant: tenant.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         tracing::info!(tenant, block = ulid, "marked block for deletion");
@@ -544,7 +544,7 @@ impl Compactor {
     async fn run_tenant(&self, tenant: &str, report: &mut RunReport) -> Result<(), CompactorError> {
         let bucket = |source| CompactorError::Bucket {
             tenant: tenant.to_string(),
-            source,
+            source: Box::new(source),
         };
         let now = SystemTime::now();
         let states = self.scan(tenant).await?;
@@ -712,11 +712,11 @@ impl Compactor {
         let block_err = |source| CompactorError::Block {
             tenant: tenant.to_string(),
             blocks: ids.clone(),
-            source,
+            source: Box::new(source),
         };
         let bucket = |source| CompactorError::Bucket {
             tenant: tenant.to_string(),
-            source,
+            source: Box::new(source),
         };
         let job_dir = self.settings.data_dir.join(format!("job-{}", ids[0]));
         let src_dir = job_dir.join("src");
@@ -838,7 +838,7 @@ impl Compactor {
             .await
             .map_err(|source| CompactorError::Bucket {
                 tenant: tenant.to_string(),
-                source,
+                source: Box::new(source),
             })
     }
 }
@@ -854,7 +854,7 @@ pub async fn read_bucket_index(
         .await
         .map_err(|source| CompactorError::Bucket {
             tenant: tenant.to_string(),
-            source,
+            source: Box::new(source),
         })?;
     let mut json = Vec::new();
     std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut json).map_err(

@@ -81,10 +81,10 @@ fn parse_sample(line: &str) -> Result<OmSample, String> {
     let secs: f64 = ts
         .parse()
         .map_err(|_| format!("invalid timestamp {ts:?}"))?;
-    if let Some(extra) = fields.next() {
-        if !extra.starts_with('#') {
-            return Err(format!("unexpected text {extra:?} after the timestamp"));
-        }
+    if let Some(extra) = fields.next()
+        && !extra.starts_with('#')
+    {
+        return Err(format!("unexpected text {extra:?} after the timestamp"));
     }
     let mut names: Vec<&str> = pairs.iter().map(|(n, _)| n.as_str()).collect();
     names.sort_unstable();
