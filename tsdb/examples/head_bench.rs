@@ -154,5 +154,15 @@ fn main() -> anyhow::Result<()> {
         rss_bytes().saturating_sub(rss0) / series as u64,
         wal_bytes as f64 / samples
     );
+    drop(head);
+    let started = Instant::now();
+    let (head, report) = Head::open(dir.path(), HeadOptions::default())?;
+    let replay = started.elapsed().as_secs_f64();
+    println!(
+        "replay: {} series, {} samples in {replay:.2}s ({:.2} M samples/s)",
+        head.num_series(),
+        report.samples,
+        report.samples as f64 / replay / 1e6
+    );
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! order the head stored them, and replaying it rebuilds the same state. Readers take a shared
 //! lock only to copy chunk bytes and decode after releasing it.
 
+mod labelkey;
 mod memseries;
 mod postings;
 
@@ -195,14 +196,18 @@ struct HeadData {
 impl HeadData {
     fn lookup(&self, labels: &Labels, hash: u64) -> Option<u64> {
         let first = *self.by_hash.get(&hash)?;
-        if self.series.get(&first).is_some_and(|s| &s.labels == labels) {
+        if self
+            .series
+            .get(&first)
+            .is_some_and(|s| s.labels.equals(labels))
+        {
             return Some(first);
         }
         self.collisions
             .get(&hash)?
             .iter()
             .copied()
-            .find(|r| self.series.get(r).is_some_and(|s| &s.labels == labels))
+            .find(|r| self.series.get(r).is_some_and(|s| s.labels.equals(labels)))
     }
 
     fn remove_series(&mut self, r: u64, labels: &Labels) {
@@ -251,7 +256,7 @@ impl HeadData {
                 v.insert(r);
             }
         }
-        self.series.insert(r, MemSeries::new(labels));
+        self.series.insert(r, MemSeries::new(&labels));
         true
     }
 
@@ -392,6 +397,8 @@ impl Head {
     /// crash. Rejected samples (out of order beyond the window, a new value for a stored
     /// timestamp, older than the head accepts) are counted per series; the rest of the batch is
     /// stored. A WAL error fails the whole call and stores nothing.
+    ///
+    /// Blocks on disk I/O (`write` + `fdatasync`): call it from `spawn_blocking` in async code.
     pub fn append(&self, batch: &[(Labels, Vec<Sample>)]) -> Result<AppendSummary, HeadError> {
         let mut summary = AppendSummary::default();
         let wal_err = |source| HeadError::Wal {
@@ -549,7 +556,11 @@ impl Head {
             candidates
                 .into_iter()
                 .filter_map(|r| data.series.get(&r))
-                .filter(|s| matchers.iter().all(|m| m.matches_labels(&s.labels)))
+                .filter(|s| {
+                    matchers
+                        .iter()
+                        .all(|m| m.matches(s.labels.get(&m.name).unwrap_or("")))
+                })
                 .map(|s| s.snapshot(mint, maxt))
                 .collect::<Vec<_>>()
         };
@@ -612,7 +623,7 @@ impl Head {
         // Hash map slots (key + value + control byte), label-hash map, postings entries.
         let map = data.series.capacity() * (8 + std::mem::size_of::<MemSeries>() + 1);
         let hashes = data.by_hash.capacity() * (8 + 8 + 1);
-        let labels_total: usize = data.series.values().map(|s| s.labels.len()).sum();
+        let labels_total: usize = data.series.values().map(|s| s.labels.pairs().count()).sum();
         series + map + hashes + labels_total * 8
     }
 
@@ -657,7 +668,7 @@ impl Head {
             for (&r, s) in data.series.iter_mut() {
                 dropped += s.truncate_before(t);
                 if s.is_empty() {
-                    removed.insert(r, s.labels.clone());
+                    removed.insert(r, s.labels.to_labels());
                 }
             }
             for (r, labels) in &removed {

@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::*;
 use crate::labels::MatchType;
@@ -312,4 +313,53 @@ fn series_with_colliding_label_hashes_stay_apart() {
     d.remove_series_hashed(2, 7);
     d.remove_series_hashed(3, 7);
     assert!(d.by_hash.is_empty() && d.collisions.is_empty());
+}
+
+#[test]
+fn truncation_concurrent_with_appends_keeps_every_recent_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = HeadOptions {
+        wal: WalOptions {
+            segment_size: 2 * crate::wal::PAGE_SIZE,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (head, _) = Head::open(dir.path(), opts.clone()).unwrap();
+    let head = Arc::new(head);
+    let writer = {
+        let head = head.clone();
+        std::thread::spawn(move || {
+            for t in 1..=600i64 {
+                let batch: Vec<_> = (0..10)
+                    .map(|i| {
+                        (
+                            l("conc", &format!("s{i}")),
+                            vec![(t * 1000, (t + i) as f64)],
+                        )
+                    })
+                    .collect();
+                head.append(&batch).unwrap();
+            }
+        })
+    };
+    let mut cut = 0;
+    while !writer.is_finished() {
+        let max = head.max_time().unwrap_or(0);
+        cut = cut.max(max - 50_000);
+        head.truncate_before(cut).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    writer.join().unwrap();
+    drop(Arc::try_unwrap(head).unwrap());
+    let (head, report) = Head::open(dir.path(), opts).unwrap();
+    assert!(report.checkpoint.is_some(), "no checkpoint was written");
+    for i in 0..10i64 {
+        let s = head.select(&[Matcher::equal("job", format!("s{i}"))], cut, i64::MAX);
+        let want: Vec<Sample> = (1..=600i64)
+            .filter(|t| t * 1000 >= cut)
+            .map(|t| (t * 1000, (t + i) as f64))
+            .collect();
+        assert_eq!(s[0].samples, want, "series s{i} after cut {cut}");
+    }
 }
