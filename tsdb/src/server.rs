@@ -417,8 +417,10 @@ mod tests {
     async fn ingester_is_not_ready_until_wal_replay_finishes() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("tsdb/tenant-1/head")).unwrap();
-        let mut cfg = Config::default();
-        cfg.target = Target::Ingester;
+        let mut cfg = Config {
+            target: Target::Ingester,
+            ..Default::default()
+        };
         cfg.server.http_listen_address = "127.0.0.1".into();
         cfg.server.http_listen_port = 0;
         cfg.server.grpc_listen_port = 0;
