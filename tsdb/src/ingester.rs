@@ -217,22 +217,43 @@ impl Ingester {
     /// blocks and deletes local blocks past retention. Returns the blocks shipped.
     pub async fn cut_and_ship(&self, all: bool) -> Result<usize, String> {
         let mut shipped = 0;
+        let mut first_error = None;
         for (name, t) in self.tenants() {
-            let _g = t.lifecycle.lock().await;
-            let db = t.db.clone();
-            let dir = t.dir.clone();
-            let range = self.block_range;
-            tokio::task::spawn_blocking(move || cut_blocks(db.as_ref(), &dir, range, all))
-                .await
-                .map_err(|e| format!("cutting blocks of {name}: {e}"))??;
-            *t.known.lock().unwrap_or_else(|e| e.into_inner()) = known_series(t.db.as_ref());
-            self.metrics
-                .active_series
-                .get_or_create(&Metrics::label("user", &name))
-                .set(t.db.num_series() as i64);
-            shipped += self.ship_tenant(&name, &t).await?;
-            self.apply_retention(&t.dir);
+            // One tenant's failure (a full disk, an unreachable bucket) must not stop the others.
+            match self.cut_and_ship_tenant(&name, &t, all).await {
+                Ok(n) => shipped += n,
+                Err(e) => {
+                    tracing::warn!(tenant = %name, error = %e, "cutting or shipping blocks");
+                    first_error.get_or_insert(e);
+                }
+            }
         }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(shipped),
+        }
+    }
+
+    async fn cut_and_ship_tenant(
+        &self,
+        name: &str,
+        t: &Tenant,
+        all: bool,
+    ) -> Result<usize, String> {
+        let _g = t.lifecycle.lock().await;
+        let db = t.db.clone();
+        let dir = t.dir.clone();
+        let range = self.block_range;
+        tokio::task::spawn_blocking(move || cut_blocks(db.as_ref(), &dir, range, all))
+            .await
+            .map_err(|e| format!("cutting blocks of {name}: {e}"))??;
+        *t.known.lock().unwrap_or_else(|e| e.into_inner()) = known_series(t.db.as_ref());
+        self.metrics
+            .active_series
+            .get_or_create(&Metrics::label("user", name))
+            .set(t.db.num_series() as i64);
+        let shipped = self.ship_tenant(name, t).await?;
+        self.apply_retention(&t.dir);
         Ok(shipped)
     }
 

@@ -122,8 +122,15 @@ async fn compactor_status(State(s): State<AppState>) -> Response {
 }
 
 /// Vector's default healthcheck GETs the push URL.
-async fn push_healthcheck() -> &'static str {
-    "ok\n"
+async fn push_healthcheck(State(s): State<AppState>) -> Response {
+    if s.distributor.is_none() {
+        return (
+            StatusCode::NOT_FOUND,
+            "this process does not run the distributor\n",
+        )
+            .into_response();
+    }
+    "ok\n".into_response()
 }
 
 async fn ready(State(s): State<AppState>) -> Response {
@@ -457,6 +464,53 @@ mod tests {
             .map(|x| x.1.to_string())
             .unwrap_or_default();
         (status, body)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ingester_is_not_ready_until_wal_replay_finishes() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("tsdb/tenant-1/head")).unwrap();
+        let mut cfg = Config {
+            target: Target::Ingester,
+            ..Default::default()
+        };
+        cfg.server.http_listen_address = "127.0.0.1".into();
+        cfg.server.http_listen_port = 0;
+        cfg.server.grpc_listen_port = 0;
+        cfg.blocks_storage.tsdb.dir = d.path().join("tsdb");
+        let bucket = d.path().join("bucket");
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = std::sync::Mutex::new(gate);
+        let storage = move |_: &Config| {
+            let open: Box<TsdbOpener> = Box::new(move |_p: &std::path::Path| {
+                // Replay of the existing tenant blocks until the test releases it.
+                let _ = gate.lock().unwrap().recv();
+                Ok(Arc::new(MemTsdb::default()) as Arc<dyn Tsdb>)
+            });
+            Ok((open, Arc::new(DirShipper(bucket)) as Arc<dyn Shipper>))
+        };
+        let running = start(cfg, storage).await.unwrap();
+        let (code, body) = get(running.http_addr, "/ready").await;
+        assert_eq!(
+            (code, body.as_str()),
+            (503, "ingester: replaying the WAL\n")
+        );
+        release.send(()).unwrap();
+        let mut code = 0;
+        for _ in 0..100 {
+            code = get(running.http_addr, "/ready").await.0;
+            if code == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(code, 200);
+        assert_eq!(
+            get(running.http_addr, "/api/v1/push").await.0,
+            404,
+            "no distributor here"
+        );
+        running.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
