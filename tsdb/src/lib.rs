@@ -5,6 +5,7 @@
 //! Layering: `encoding` and `labels` → `chunkenc`, `chunks`, `index` → `block` → `head`, `wal`,
 //! `compact` → `objstore` → the server roles. Lower modules never call upper ones.
 
+pub mod api;
 pub mod block;
 pub mod chunkenc;
 pub mod chunks;
@@ -16,5 +17,7 @@ pub mod index;
 pub mod labels;
 pub mod objstore;
 pub mod openmetrics;
+pub mod promql;
+pub mod querier;
 pub mod series;
 pub mod wal;

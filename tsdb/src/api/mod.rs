@@ -1,0 +1,3 @@
+//! HTTP APIs served by rimir. [`prometheus`] is the read API Grafana and `promtool` use.
+
+pub mod prometheus;
