@@ -58,17 +58,12 @@ fn is_comparison(op: u16) -> bool {
     )
 }
 
-/// Arithmetic operators drop `__name__`; comparisons keep it unless `bool` is given.
+/// Arithmetic operators drop `__name__` (2.42 keeps it for `atan2`); comparisons keep it unless
+/// `bool` is given.
 fn drops_name(op: u16) -> bool {
     matches!(
         op,
-        token::T_ADD
-            | token::T_SUB
-            | token::T_MUL
-            | token::T_DIV
-            | token::T_MOD
-            | token::T_POW
-            | token::T_ATAN2
+        token::T_ADD | token::T_SUB | token::T_MUL | token::T_DIV | token::T_MOD | token::T_POW
     )
 }
 
@@ -130,6 +125,14 @@ fn vector_scalar(
             e.metric
         };
         out.push(Elem { metric, v: value });
+    }
+    if drop && out.len() > 1 {
+        let mut seen = HashSet::with_capacity(out.len());
+        if !out.iter().all(|e| seen.insert(e.metric.clone())) {
+            return Err(QueryError::Execution(
+                "vector cannot contain metrics with the same labelset".into(),
+            ));
+        }
     }
     Ok(Val::Vector(out))
 }

@@ -10,6 +10,7 @@ const MAX_LOCATE_LEN: usize = 4096;
 
 /// Parses `query`; errors are `bad_data` in Prometheus' form `line:col: parse error: message`.
 pub fn parse(query: &str) -> Result<Expr, QueryError> {
+    register_functions();
     match promql_parser::parser::parse(query) {
         Ok(e) => Ok(e),
         Err(msg) => {
@@ -25,6 +26,24 @@ pub fn parse(query: &str) -> Result<Expr, QueryError> {
             )))
         }
     }
+}
+
+/// Teaches the parser the 2.42 functions it no longer knows by their old names.
+fn register_functions() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use promql_parser::parser::value::ValueType;
+        // Ignored error: only a name clash with a built-in, which would make this a no-op.
+        let _ = promql_parser::parser::register_extra_functions(vec![
+            promql_parser::parser::Function::new(
+                "holt_winters",
+                vec![ValueType::Matrix, ValueType::Scalar, ValueType::Scalar],
+                0,
+                ValueType::Vector,
+                false,
+            ),
+        ]);
+    });
 }
 
 /// Byte offset of the likely error: the first token after the longest prefix that parses on its
