@@ -537,7 +537,11 @@ fn promql_matches_prometheus_on_corpus() {
         T0 + SPAN,
         T0 + SPAN + 4 * MIN,
     ];
-    let (start, end, step) = (T0 - 2 * MIN, T0 + SPAN + 7 * MIN, 60_000);
+    // Ranges: a minute grid over the whole data, and an odd step from an unaligned start.
+    let ranges = [
+        (T0 - 2 * MIN, T0 + SPAN + 7 * MIN, 60_000),
+        (T0 + 13_500, T0 + 40 * MIN, 37_000),
+    ];
 
     let mut passed = 0;
     let mut both_errors = 0;
@@ -559,22 +563,24 @@ fn promql_matches_prometheus_on_corpus() {
                 Err(e) => failures.push(format!("instant {expr} @ {}: {e}", secs(t))),
             }
         }
-        total += 1;
-        let p = prometheus_query(
-            &prom,
-            "query_range",
-            &[
-                ("query", expr.to_string()),
-                ("start", secs(start)),
-                ("end", secs(end)),
-                ("step", format!("{}", step / 1000)),
-            ],
-        );
-        let o = rimir_answer(engine.range(&source, expr, start, end, step));
-        tally(&p, &mut both_errors, &mut empty);
-        match check(expr, &p, &o) {
-            Ok(()) => passed += 1,
-            Err(e) => failures.push(format!("range {expr}: {e}")),
+        for &(start, end, step) in &ranges {
+            total += 1;
+            let p = prometheus_query(
+                &prom,
+                "query_range",
+                &[
+                    ("query", expr.to_string()),
+                    ("start", secs(start)),
+                    ("end", secs(end)),
+                    ("step", format!("{}", step as f64 / 1000.0)),
+                ],
+            );
+            let o = rimir_answer(engine.range(&source, expr, start, end, step));
+            tally(&p, &mut both_errors, &mut empty);
+            match check(expr, &p, &o) {
+                Ok(()) => passed += 1,
+                Err(e) => failures.push(format!("range {expr} step {step}: {e}")),
+            }
         }
     }
     let mut report = std::io::stderr();

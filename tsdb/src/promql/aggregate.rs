@@ -86,7 +86,13 @@ pub(super) fn eval(ev: &Evaluator, a: &AggregateExpr, t: i64) -> Result<Val, Que
     match op {
         token::T_TOPK | token::T_BOTTOMK => {
             let p = param(ev)?;
-            if p.is_nan() || p < 1.0 {
+            if p.is_nan() || p >= 9.223_372_036_854_776e18 || p < -9.223_372_036_854_776e18 {
+                return Err(QueryError::Execution(format!(
+                    "Scalar value {} overflows int64",
+                    super::format_float_plain(p)
+                )));
+            }
+            if p < 1.0 {
                 return Ok(Val::Vector(Vec::new()));
             }
             k = if p >= input.len() as f64 {
