@@ -86,7 +86,7 @@ pub(super) fn eval(ev: &Evaluator, a: &AggregateExpr, t: i64) -> Result<Val, Que
     match op {
         token::T_TOPK | token::T_BOTTOMK => {
             let p = param(ev)?;
-            if p.is_nan() || p >= 9.223_372_036_854_776e18 || p < -9.223_372_036_854_776e18 {
+            if !(-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&p) {
                 return Err(QueryError::Execution(format!(
                     "Scalar value {} overflows int64",
                     super::format_float_plain(p)
