@@ -136,6 +136,21 @@ fn peak_rss_mib(pid: &str) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU time (user + system) a process has used, in seconds, from /proc (100 Hz ticks).
+fn cpu_seconds(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let u: f64 = f.get(11)?.parse().ok()?;
+            let st: f64 = f.get(12)?.parse().ok()?;
+            Some((u + st) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -194,10 +209,14 @@ fn main() {
     for q in queries {
         let mut pt = Vec::new();
         let mut rt = Vec::new();
+        let mut pc = Vec::new();
+        let mut rc = Vec::new();
+        let ppid = prom.child.id().to_string();
         let mut prom_len = 0;
         let mut rimir_len = 0;
         for _ in 0..5 {
             let t = Instant::now();
+            let c0 = cpu_seconds(&ppid);
             let mut r = http
                 .get(format!("{}/api/v1/query_range", prom.base))
                 .query("query", q)
@@ -213,22 +232,29 @@ fn main() {
                 .read_to_string()
                 .expect("prometheus body");
             pt.push(t.elapsed().as_secs_f64());
+            pc.push(cpu_seconds(&ppid) - c0);
             prom_len = body.len();
 
             let t = Instant::now();
+            let c0 = cpu_seconds("self");
             let v = engine
                 .range(&source, q, start, end, step)
                 .expect("rimir query");
             let body = format_result(&v);
             rt.push(t.elapsed().as_secs_f64());
+            rc.push(cpu_seconds("self") - c0);
             rimir_len = body.len() + 31;
         }
         let (p, r) = (median(pt), median(rt));
+        let (pcpu, rcpu) = (median(pc), median(rc));
         println!(
-            "{q:<75} {:>10.1}ms {:>10.1}ms {:>7.2}   (json {prom_len} vs {rimir_len} bytes)",
+            "{q:<75} {:>10.1}ms {:>10.1}ms {:>7.2}   cpu {:>7.0}ms vs {:>7.0}ms ratio {:.2}   (json {prom_len} vs {rimir_len} bytes)",
             p * 1e3,
             r * 1e3,
-            r / p
+            r / p,
+            pcpu * 1e3,
+            rcpu * 1e3,
+            rcpu / pcpu.max(0.01)
         );
     }
     println!(

@@ -611,12 +611,15 @@ fn write_labels(out: &mut String, l: &Labels) {
 }
 
 fn write_point(out: &mut String, t: i64, v: f64) {
-    let _ = write!(
-        out,
-        "[{},\"{}\"]",
-        promql::format_timestamp(t),
-        promql::format_value(v)
-    );
+    out.push('[');
+    promql::write_timestamp(out, t);
+    out.push_str(",\"");
+    if v.is_finite() && (v == 0.0 || (1e-6..1e21).contains(&v.abs())) {
+        let _ = write!(out, "{v}");
+    } else {
+        out.push_str(&promql::format_value(v));
+    }
+    out.push_str("\"]");
 }
 
 /// The `data` object of a query result.

@@ -101,6 +101,11 @@ fn vector_scalar(
     return_bool: bool,
 ) -> Result<Val, QueryError> {
     let drop = drops_name(op) || return_bool;
+    // Dropping names can only make elements collide when they carry different names.
+    let may_collide = drop && {
+        let first = v.first().and_then(|e| e.metric.get(METRIC_NAME));
+        v.iter().any(|e| e.metric.get(METRIC_NAME) != first)
+    };
     let mut cache: HashMap<*const Labels, Metric> = HashMap::new();
     let mut out = Vec::with_capacity(v.len());
     for e in v {
@@ -126,7 +131,7 @@ fn vector_scalar(
         };
         out.push(Elem { metric, v: value });
     }
-    if drop && out.len() > 1 {
+    if may_collide && out.len() > 1 {
         let mut seen = HashSet::with_capacity(out.len());
         if !out.iter().all(|e| seen.insert(e.metric.clone())) {
             return Err(QueryError::Execution(

@@ -176,7 +176,11 @@ impl Engine {
             }
         }
         let ev = Evaluator::prepare(self, q, &expr, start, end, step)?;
+        // Output series by label set, and by label-set allocation: selectors hand out the same
+        // allocation at every step, so most lookups hit by pointer. `by_ptr` holds each Arc it
+        // was keyed with, so no allocation is freed and reused for other labels meanwhile.
         let mut index: HashMap<Arc<Labels>, usize> = HashMap::new();
+        let mut by_ptr: HashMap<*const Labels, (Metric, usize)> = HashMap::new();
         let mut out: Vec<Series> = Vec::new();
         let mut t = start;
         while t <= end {
@@ -195,15 +199,22 @@ impl Engine {
             };
             ev.count_samples(elems.len())?;
             for e in elems {
-                let i = match index.get(&e.metric) {
-                    Some(&i) => i,
+                let i = match by_ptr.get(&Arc::as_ptr(&e.metric)) {
+                    Some(&(_, i)) => i,
                     None => {
-                        out.push(Series {
-                            labels: (*e.metric).clone(),
-                            samples: Vec::new(),
-                        });
-                        index.insert(e.metric.clone(), out.len() - 1);
-                        out.len() - 1
+                        let i = match index.get(&e.metric) {
+                            Some(&i) => i,
+                            None => {
+                                out.push(Series {
+                                    labels: (*e.metric).clone(),
+                                    samples: Vec::new(),
+                                });
+                                index.insert(e.metric.clone(), out.len() - 1);
+                                out.len() - 1
+                            }
+                        };
+                        by_ptr.insert(Arc::as_ptr(&e.metric), (e.metric.clone(), i));
+                        i
                     }
                 };
                 let s = &mut out[i].samples;

@@ -20,6 +20,8 @@ pub(super) fn call(ev: &Evaluator, c: &Call, t: i64) -> Result<Val, QueryError> 
             .ok_or_else(|| QueryError::BadData(format!("missing argument {i} of {name}()")))
     };
     let scalar_arg = |i: usize| -> Result<f64, QueryError> { ev.eval_scalar(arg(i)?, t) };
+    // Set by the arms whose input holds several metric names (see `has_multiple_names`).
+    let mut multi_name = true;
     let out = match name {
         "time" => return Ok(Val::Scalar(t as f64 / 1000.0)),
         "pi" => return Ok(Val::Scalar(std::f64::consts::PI)),
@@ -82,24 +84,24 @@ pub(super) fn call(ev: &Evaluator, c: &Call, t: i64) -> Result<Val, QueryError> 
         }
         "rate" | "increase" | "delta" => {
             let r = ev.range_arg(arg(0)?, t)?;
-            over_range(&r, |s| {
+            over_range(&r, &mut multi_name, |s| {
                 extrapolated_rate(&r, s, name != "delta", name == "rate")
             })
         }
         "irate" | "idelta" => {
             let r = ev.range_arg(arg(0)?, t)?;
-            over_range(&r, |s| instant_value(s, name == "irate"))
+            over_range(&r, &mut multi_name, |s| instant_value(s, name == "irate"))
         }
         "deriv" => {
             let r = ev.range_arg(arg(0)?, t)?;
-            over_range(&r, |s| {
+            over_range(&r, &mut multi_name, |s| {
                 (s.len() >= 2).then(|| linear_regression(s, s[0].0).0)
             })
         }
         "predict_linear" => {
             let r = ev.range_arg(arg(0)?, t)?;
             let d = scalar_arg(1)?;
-            over_range(&r, |s| {
+            over_range(&r, &mut multi_name, |s| {
                 (s.len() >= 2).then(|| {
                     let (slope, icept) = linear_regression(s, t);
                     slope * d + icept
@@ -120,11 +122,11 @@ pub(super) fn call(ev: &Evaluator, c: &Call, t: i64) -> Result<Val, QueryError> 
                     "invalid trend factor. Expected: 0 < tf < 1, got: {tf:.6}"
                 )));
             }
-            over_range(&r, |s| holt_winters(s, sf, tf))
+            over_range(&r, &mut multi_name, |s| holt_winters(s, sf, tf))
         }
         "changes" => {
             let r = ev.range_arg(arg(0)?, t)?;
-            over_range(&r, |s| {
+            over_range(&r, &mut multi_name, |s| {
                 let n = s
                     .windows(2)
                     .filter(|w| w[0].1 != w[1].1 && !(w[0].1.is_nan() && w[1].1.is_nan()))
@@ -134,29 +136,33 @@ pub(super) fn call(ev: &Evaluator, c: &Call, t: i64) -> Result<Val, QueryError> 
         }
         "resets" => {
             let r = ev.range_arg(arg(0)?, t)?;
-            over_range(&r, |s| {
+            over_range(&r, &mut multi_name, |s| {
                 Some(s.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64)
             })
         }
-        "avg_over_time" => over_time(ev, arg(0)?, t, avg_over_time)?,
-        "count_over_time" => over_time(ev, arg(0)?, t, |s| s.len() as f64)?,
-        "sum_over_time" => over_time(ev, arg(0)?, t, |s| kahan_sum(s.iter().map(|p| p.1)))?,
-        "min_over_time" => over_time(ev, arg(0)?, t, |s| {
+        "avg_over_time" => over_time(ev, arg(0)?, t, &mut multi_name, avg_over_time)?,
+        "count_over_time" => over_time(ev, arg(0)?, t, &mut multi_name, |s| s.len() as f64)?,
+        "sum_over_time" => over_time(ev, arg(0)?, t, &mut multi_name, |s| {
+            kahan_sum(s.iter().map(|p| p.1))
+        })?,
+        "min_over_time" => over_time(ev, arg(0)?, t, &mut multi_name, |s| {
             s.iter()
                 .skip(1)
                 .fold(s[0].1, |m, p| if p.1 < m || m.is_nan() { p.1 } else { m })
         })?,
-        "max_over_time" => over_time(ev, arg(0)?, t, |s| {
+        "max_over_time" => over_time(ev, arg(0)?, t, &mut multi_name, |s| {
             s.iter()
                 .skip(1)
                 .fold(s[0].1, |m, p| if p.1 > m || m.is_nan() { p.1 } else { m })
         })?,
-        "stddev_over_time" => over_time(ev, arg(0)?, t, |s| stdvar_over_time(s).sqrt())?,
-        "stdvar_over_time" => over_time(ev, arg(0)?, t, stdvar_over_time)?,
-        "present_over_time" => over_time(ev, arg(0)?, t, |_| 1.0)?,
+        "stddev_over_time" => over_time(ev, arg(0)?, t, &mut multi_name, |s| {
+            stdvar_over_time(s).sqrt()
+        })?,
+        "stdvar_over_time" => over_time(ev, arg(0)?, t, &mut multi_name, stdvar_over_time)?,
+        "present_over_time" => over_time(ev, arg(0)?, t, &mut multi_name, |_| 1.0)?,
         "quantile_over_time" => {
             let q = scalar_arg(0)?;
-            over_time(ev, arg(1)?, t, |s| {
+            over_time(ev, arg(1)?, t, &mut multi_name, |s| {
                 let mut v: Vec<f64> = s.iter().map(|p| p.1).collect();
                 quantile(q, &mut v)
             })?
@@ -176,20 +182,26 @@ pub(super) fn call(ev: &Evaluator, c: &Call, t: i64) -> Result<Val, QueryError> 
             if hi < lo {
                 return Ok(Val::Vector(Vec::new()));
             }
-            simple(ev.eval_vector(arg(0)?, t)?, |v| go_max(lo, go_min(hi, v)))
+            simple(ev.eval_vector(arg(0)?, t)?, &mut multi_name, |v| {
+                go_max(lo, go_min(hi, v))
+            })
         }
         "clamp_min" => {
             let lo = scalar_arg(1)?;
-            simple(ev.eval_vector(arg(0)?, t)?, |v| go_max(lo, v))
+            simple(ev.eval_vector(arg(0)?, t)?, &mut multi_name, |v| {
+                go_max(lo, v)
+            })
         }
         "clamp_max" => {
             let hi = scalar_arg(1)?;
-            simple(ev.eval_vector(arg(0)?, t)?, |v| go_min(hi, v))
+            simple(ev.eval_vector(arg(0)?, t)?, &mut multi_name, |v| {
+                go_min(hi, v)
+            })
         }
         "round" => {
             let to = if args.len() > 1 { scalar_arg(1)? } else { 1.0 };
             let inv = 1.0 / to;
-            simple(ev.eval_vector(arg(0)?, t)?, |v| {
+            simple(ev.eval_vector(arg(0)?, t)?, &mut multi_name, |v| {
                 (v * inv + 0.5).floor() / inv
             })
         }
@@ -202,7 +214,11 @@ pub(super) fn call(ev: &Evaluator, c: &Call, t: i64) -> Result<Val, QueryError> 
                     v: f(t.div_euclid(1000)),
                 }]));
             }
-            simple(ev.eval_vector(arg(0)?, t)?, |v| f(v as i64))
+            simple(
+                ev.eval_vector(arg(0)?, t)?,
+                &mut multi_name,
+                |v| f(v as i64),
+            )
         }
         _ => {
             let Some(f) = math_fn(name) else {
@@ -210,11 +226,23 @@ pub(super) fn call(ev: &Evaluator, c: &Call, t: i64) -> Result<Val, QueryError> 
                     "unknown function with name \"{name}\""
                 )));
             };
-            simple(ev.eval_vector(arg(0)?, t)?, f)
+            simple(ev.eval_vector(arg(0)?, t)?, &mut multi_name, f)
         }
     };
-    check_unique(&out)?;
+    if multi_name {
+        check_unique(&out)?;
+    }
     Ok(Val::Vector(out))
+}
+
+/// Whether the label sets carry more than one metric name: only then can dropping the names
+/// make two of them equal (inputs are distinct).
+fn has_multiple_names<'a>(mut it: impl Iterator<Item = &'a Metric>) -> bool {
+    let Some(first) = it.next() else {
+        return false;
+    };
+    let name = first.get(METRIC_NAME);
+    it.any(|m| m.get(METRIC_NAME) != name)
 }
 
 /// Errors when dropping `__name__` left two elements with the same labels.
@@ -245,7 +273,8 @@ fn nameless(cache: &mut HashMap<*const Labels, Metric>, m: &Metric) -> Metric {
 }
 
 /// Applies `f` to each value, dropping `__name__`.
-fn simple(v: Vec<Elem>, f: impl Fn(f64) -> f64) -> Vec<Elem> {
+fn simple(v: Vec<Elem>, multi: &mut bool, f: impl Fn(f64) -> f64) -> Vec<Elem> {
+    *multi = has_multiple_names(v.iter().map(|e| &e.metric));
     let mut cache = HashMap::new();
     v.into_iter()
         .map(|e| Elem {
@@ -257,7 +286,12 @@ fn simple(v: Vec<Elem>, f: impl Fn(f64) -> f64) -> Vec<Elem> {
 
 /// Applies `f` to each series' samples in the window (never empty), dropping `__name__`; `None`
 /// drops the series.
-fn over_range(r: &RangeArg<'_>, f: impl Fn(&[(i64, f64)]) -> Option<f64>) -> Vec<Elem> {
+fn over_range(
+    r: &RangeArg<'_>,
+    multi: &mut bool,
+    f: impl Fn(&[(i64, f64)]) -> Option<f64>,
+) -> Vec<Elem> {
+    *multi = has_multiple_names(r.items.iter().map(|it| &it.metric));
     let mut out = Vec::with_capacity(r.items.len());
     for it in &r.items {
         if let Some(v) = f(&it.samples) {
@@ -275,10 +309,11 @@ fn over_time(
     ev: &Evaluator,
     e: &Expr,
     t: i64,
+    multi: &mut bool,
     f: impl Fn(&[(i64, f64)]) -> f64,
 ) -> Result<Vec<Elem>, QueryError> {
     let r = ev.range_arg(e, t)?;
-    Ok(over_range(&r, |s| Some(f(s))))
+    Ok(over_range(&r, multi, |s| Some(f(s))))
 }
 
 fn timestamp(ev: &Evaluator, e: &Expr, t: i64) -> Result<Vec<Elem>, QueryError> {
@@ -296,7 +331,9 @@ fn timestamp(ev: &Evaluator, e: &Expr, t: i64) -> Result<Vec<Elem>, QueryError> 
             })
             .collect());
     }
-    Ok(simple(ev.eval_vector(e, t)?, |_| t as f64 / 1000.0))
+    Ok(simple(ev.eval_vector(e, t)?, &mut true, |_| {
+        t as f64 / 1000.0
+    }))
 }
 
 /// The labels `absent()` reports: the selector's equality matchers, except names matched twice

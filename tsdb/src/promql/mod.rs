@@ -56,13 +56,24 @@ pub fn format_value(v: f64) -> String {
 
 /// Formats a millisecond timestamp as Prometheus' API does: seconds with up to three decimals.
 pub fn format_timestamp(t: i64) -> String {
-    let (sign, t) = if t < 0 { ("-", -t) } else { ("", t) };
-    let frac = t % 1000;
-    if frac == 0 {
-        format!("{sign}{}", t / 1000)
-    } else {
-        format!("{sign}{}.{:03}", t / 1000, frac)
+    let mut s = String::new();
+    write_timestamp(&mut s, t);
+    s
+}
+
+/// Appends `t` (ms) formatted as [`format_timestamp`] does.
+pub fn write_timestamp(out: &mut String, t: i64) {
+    use std::fmt::Write as _;
+    if t < 0 {
+        out.push('-');
     }
+    let t = t.unsigned_abs();
+    let frac = t % 1000;
+    let _ = if frac == 0 {
+        write!(out, "{}", t / 1000)
+    } else {
+        write!(out, "{}.{:03}", t / 1000, frac)
+    };
 }
 
 /// Formats a float as Go's `strconv.FormatFloat(v, 'f', -1, 64)`, as `count_values` does.
