@@ -935,6 +935,59 @@ mod tests {
         assert_eq!(v["data"], serde_json::json!({}));
     }
 
+    /// Runs `promtool query …` against the router; returns (success, stdout + stderr).
+    async fn promtool(args: &[&str]) -> (bool, String) {
+        let out = tokio::process::Command::new("promtool")
+            .arg("query")
+            .args(args)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("run promtool (is Prometheus 2.42's promtool installed?)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn promtool_query_works_against_the_api() {
+        let addr = serve(state(false)).await;
+        let url = format!("http://{addr}/prometheus");
+        let (ok, out) = promtool(&["instant", "--time=60", &url, "up * 2"]).await;
+        assert!(ok, "{out}");
+        assert!(out.contains("{job=\"anon\"} => 8 @[60]"), "{out}");
+        let (ok, out) =
+            promtool(&["range", "--start=0", "--end=30", "--step=15s", &url, "up"]).await;
+        assert!(ok, "{out}");
+        assert!(out.contains("0 @[0]") && out.contains("2 @[30]"), "{out}");
+        let (ok, out) = promtool(&["series", "--match=up", "--start=0", "--end=200", &url]).await;
+        assert!(ok, "{out}");
+        assert!(out.contains("job=\"anon\""), "{out}");
+        let (ok, out) = promtool(&["labels", "--start=0", "--end=200", &url, "job"]).await;
+        assert!(ok, "{out}");
+        assert_eq!(out.trim(), "anon");
+        let (ok, out) = promtool(&["instant", &url, "up{"]).await;
+        assert!(!ok && out.contains("bad_data"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn timeouts_answer_503() {
+        let mut st = state(true);
+        st.engine.limits.timeout = Duration::ZERO;
+        let addr = serve(st).await;
+        let (code, v) = request(
+            addr,
+            "GET",
+            "/prometheus/api/v1/query_range?query=up&start=0&end=60&step=1",
+            Some("a"),
+            None,
+        )
+        .await;
+        assert_eq!(code, 503, "{v}");
+        assert_eq!(v["errorType"], "timeout");
+        assert!(v["error"].as_str().unwrap().contains("timeout"), "{v}");
+    }
+
     #[test]
     fn times_and_durations_parse_like_prometheus() {
         assert_eq!(parse_time("1.5"), Some(1500));
