@@ -33,6 +33,14 @@ const BOUNDS: [&str; 12] = [
     "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf",
 ];
 
+/// The benchmarked range queries.
+const QUERIES: [&str; 4] = [
+    "bench_requests_total",
+    "sum by (job) (rate(bench_requests_total[5m]))",
+    "topk(5, avg_over_time(bench_gauge[10m]))",
+    "histogram_quantile(0.99, sum by (le) (rate(bench_latency_bucket[5m])))",
+];
+
 struct Rng(u64);
 
 impl Rng {
@@ -161,6 +169,27 @@ fn main() {
     let series = data.len();
     let samples: usize = data.iter().map(|s| s.samples.len()).sum();
     println!("data: {series} series, {samples} samples over 6h");
+    // PROMQL_BENCH_RIMIR_ONLY=1 skips Prometheus (for profiling rimir alone).
+    let rimir_only = std::env::var_os("PROMQL_BENCH_RIMIR_ONLY").is_some();
+    if rimir_only {
+        let source = MemQueryable::new(data);
+        let mut engine = Engine::default();
+        engine.limits.max_samples = 500_000_000;
+        for q in QUERIES {
+            let mut rt = Vec::new();
+            for _ in 0..5 {
+                let t = Instant::now();
+                let v = engine
+                    .range(&source, q, T0, T0 + SPAN, 60_000)
+                    .expect("rimir query");
+                let body = format_result(&v);
+                rt.push(t.elapsed().as_secs_f64());
+                assert!(!body.is_empty());
+            }
+            println!("{q:<75} {:>10.1}ms", median(rt) * 1e3);
+        }
+        return;
+    }
     let prom = start_prometheus(&[
         "--storage.tsdb.min-block-duration=24h",
         "--storage.tsdb.max-block-duration=24h",
@@ -194,19 +223,13 @@ fn main() {
     let mut engine = Engine::default();
     engine.limits.max_samples = 500_000_000;
 
-    let queries = [
-        "bench_requests_total",
-        "sum by (job) (rate(bench_requests_total[5m]))",
-        "topk(5, avg_over_time(bench_gauge[10m]))",
-        "histogram_quantile(0.99, sum by (le) (rate(bench_latency_bucket[5m])))",
-    ];
     let (start, end, step) = (T0, T0 + SPAN, 60_000);
     let http = agent();
     println!(
         "{:<75} {:>12} {:>12} {:>7}",
         "query (range 6h, step 60s)", "prometheus", "rimir", "ratio"
     );
-    for q in queries {
+    for q in QUERIES {
         let mut pt = Vec::new();
         let mut rt = Vec::new();
         let mut pc = Vec::new();

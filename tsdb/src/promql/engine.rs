@@ -180,7 +180,7 @@ impl Engine {
         // allocation at every step, so most lookups hit by pointer. `by_ptr` holds each Arc it
         // was keyed with, so no allocation is freed and reused for other labels meanwhile.
         let mut index: HashMap<Arc<Labels>, usize> = HashMap::new();
-        let mut by_ptr: HashMap<*const Labels, (Metric, usize)> = HashMap::new();
+        let mut by_ptr: PtrMap<(Metric, usize)> = PtrMap::default();
         let mut out: Vec<Series> = Vec::new();
         let mut t = start;
         while t <= end {
@@ -284,14 +284,72 @@ pub(super) struct RangeArg<'a> {
     pub range_end: i64,
     /// Window length (ms).
     pub range_ms: i64,
+    /// Whether the series carry several metric names, when known for all steps.
+    pub multi_name: Option<bool>,
 }
 
-/// A fetched series.
+/// A selector's fetched series.
+struct Fetched {
+    series: Vec<FSeries>,
+    /// Whether the series carry more than one metric name.
+    multi_name: bool,
+}
+
+/// A fetched series, with cursors remembering where the previous step's window began and ended:
+/// steps move forward, so the next window is found by a short forward walk instead of binary
+/// searches that miss the cache at every level.
 pub(super) struct FSeries {
     pub metric: Metric,
     pub nameless: Metric,
     pub samples: Vec<(i64, f64)>,
+    lo: Cell<usize>,
+    hi: Cell<usize>,
 }
+
+/// The number of leading samples with a timestamp below `bound` (`<= bound` when `inclusive`),
+/// starting from the cursor's previous answer; updates the cursor.
+fn seek(samples: &[(i64, f64)], cursor: &Cell<usize>, bound: i64, inclusive: bool) -> usize {
+    let before = |st: i64| if inclusive { st <= bound } else { st < bound };
+    let mut i = cursor.get().min(samples.len());
+    if i > 0 && !before(samples[i - 1].0) {
+        i = samples.partition_point(|s| before(s.0));
+    } else {
+        let mut walked = 0;
+        while i < samples.len() && before(samples[i].0) {
+            i += 1;
+            walked += 1;
+            if walked == 16 {
+                i += samples[i..].partition_point(|s| before(s.0));
+                break;
+            }
+        }
+    }
+    cursor.set(i);
+    i
+}
+
+/// Hashes pointers (already unique) with one multiplication instead of SipHash.
+#[derive(Default, Clone, Copy)]
+pub(super) struct PtrHasher(u64);
+
+impl std::hash::Hasher for PtrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64)
+            .wrapping_mul(0x517c_c1b7_2722_0a95)
+            .rotate_left(26);
+    }
+}
+
+/// A map keyed by pointers.
+type PtrMap<V> = HashMap<*const Labels, V, std::hash::BuildHasherDefault<PtrHasher>>;
 
 /// Inner results of subqueries by (node address, inner step time).
 type SubqueryCache = HashMap<(usize, i64), Rc<Vec<Elem>>>;
@@ -304,7 +362,7 @@ pub(super) struct Evaluator {
     lookback: i64,
     sub_step: i64,
     /// Series per selector, keyed by the selector node's address in the (immutable) AST.
-    fetched: HashMap<usize, Vec<FSeries>>,
+    fetched: HashMap<usize, Fetched>,
     /// Subquery inner results, keyed by (node address, inner step time).
     sub_cache: RefCell<SubqueryCache>,
     deadline: Instant,
@@ -429,9 +487,21 @@ impl Evaluator {
                     metric: Arc::new(s.labels),
                     nameless,
                     samples,
+                    lo: Cell::new(0),
+                    hi: Cell::new(0),
                 });
             }
-            ev.fetched.insert(key, fs);
+            let multi_name = {
+                let first = fs.first().and_then(|s| s.metric.get(METRIC_NAME));
+                fs.iter().any(|s| s.metric.get(METRIC_NAME) != first)
+            };
+            ev.fetched.insert(
+                key,
+                Fetched {
+                    series: fs,
+                    multi_name,
+                },
+            );
         }
         Ok(ev)
     }
@@ -593,7 +663,7 @@ impl Evaluator {
         t: i64,
     ) -> Result<Vec<(&FSeries, i64, f64)>, QueryError> {
         let key = vs as *const _ as usize;
-        let Some(series) = self.fetched.get(&key) else {
+        let Some(Fetched { series, .. }) = self.fetched.get(&key) else {
             return Err(QueryError::Execution(format!(
                 "selector {vs} was not fetched"
             )));
@@ -601,7 +671,7 @@ impl Evaluator {
         let rt = self.ref_time(&vs.at, &vs.offset, t);
         let mut out = Vec::with_capacity(series.len());
         for s in series {
-            let i = s.samples.partition_point(|&(st, _)| st <= rt);
+            let i = seek(&s.samples, &s.hi, rt, true);
             if i == 0 {
                 continue;
             }
@@ -631,7 +701,7 @@ impl Evaluator {
         t: i64,
     ) -> Result<RangeArg<'_>, QueryError> {
         let key = vs as *const _ as usize;
-        let Some(series) = self.fetched.get(&key) else {
+        let Some(Fetched { series, multi_name }) = self.fetched.get(&key) else {
             return Err(QueryError::Execution(format!(
                 "selector {vs} was not fetched"
             )));
@@ -640,8 +710,8 @@ impl Evaluator {
         let start = end - range_ms;
         let mut items = Vec::new();
         for s in series {
-            let lo = s.samples.partition_point(|&(st, _)| st < start);
-            let hi = s.samples.partition_point(|&(st, _)| st <= end);
+            let lo = seek(&s.samples, &s.lo, start, false);
+            let hi = seek(&s.samples, &s.hi, end, true);
             if lo < hi {
                 items.push(RangeItem {
                     metric: s.metric.clone(),
@@ -655,6 +725,7 @@ impl Evaluator {
             range_start: start,
             range_end: end,
             range_ms,
+            multi_name: Some(*multi_name),
         })
     }
 
@@ -670,6 +741,7 @@ impl Evaluator {
                     range_start: end - range_ms,
                     range_end: end,
                     range_ms,
+                    multi_name: None,
                 })
             }
             other => Err(QueryError::Execution(format!(
@@ -840,6 +912,23 @@ mod tests {
         assert_eq!(got[0].1, 20.0);
         let got = vector(e.instant(&q, "c{job=\"a\"} offset 3m", 10 * M).unwrap());
         assert_eq!(got[0].1, 70.0);
+    }
+
+    #[test]
+    fn seek_matches_partition_point_in_any_order() {
+        let samples: Vec<(i64, f64)> = (0..100).map(|i| (i * 10, 0.0)).collect();
+        let cursor = Cell::new(0);
+        for bound in [5, 15, 15, 300, 990, 40, 2000, -5, 500, 505, 510] {
+            for inclusive in [true, false] {
+                let want =
+                    samples.partition_point(|s| if inclusive { s.0 <= bound } else { s.0 < bound });
+                assert_eq!(
+                    seek(&samples, &cursor, bound, inclusive),
+                    want,
+                    "{bound} {inclusive}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -291,7 +291,9 @@ fn over_range(
     multi: &mut bool,
     f: impl Fn(&[(i64, f64)]) -> Option<f64>,
 ) -> Vec<Elem> {
-    *multi = has_multiple_names(r.items.iter().map(|it| &it.metric));
+    *multi = r
+        .multi_name
+        .unwrap_or_else(|| has_multiple_names(r.items.iter().map(|it| &it.metric)));
     let mut out = Vec::with_capacity(r.items.len());
     for it in &r.items {
         if let Some(v) = f(&it.samples) {
