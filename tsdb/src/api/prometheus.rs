@@ -484,8 +484,8 @@ async fn series(
         let found = run_blocking(move || {
             let mut all: BTreeSet<Labels> = BTreeSet::new();
             for m in &sets {
-                for s in source.select(m, start, end)? {
-                    all.insert(s.labels);
+                for labels in source.series(m, start, end)? {
+                    all.insert(labels);
                     if limit > 0 && all.len() > limit {
                         return Err(QueryError::TooManySeries { limit });
                     }

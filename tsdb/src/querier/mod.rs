@@ -62,6 +62,22 @@ pub trait Queryable: Send + Sync {
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64)
     -> Result<Vec<Series>, QueryError>;
 
+    /// Label sets of the series matching `matchers` with samples in `[mint, maxt]`. The default
+    /// selects and drops the samples; sources that can list series from an index alone should
+    /// override it.
+    fn series(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<crate::labels::Labels>, QueryError> {
+        Ok(self
+            .select(matchers, mint, maxt)?
+            .into_iter()
+            .map(|s| s.labels)
+            .collect())
+    }
+
     /// Sorted, unique label names of the series matching `matchers` (all series when empty)
     /// that have samples in `[mint, maxt]`.
     fn label_names(
