@@ -104,7 +104,7 @@ impl Engine {
                 let mut out: Vec<Series> = items
                     .into_iter()
                     .map(|r| Series {
-                        labels: (*r.metric).clone(),
+                        labels: (**r.metric).clone(),
                         samples: r.samples.to_vec(),
                     })
                     .collect();
@@ -117,7 +117,7 @@ impl Engine {
                 let mut out: Vec<Series> = items
                     .into_iter()
                     .map(|r| Series {
-                        labels: (*r.metric).clone(),
+                        labels: (**r.metric).clone(),
                         samples: r.samples.to_vec(),
                     })
                     .collect();
@@ -269,9 +269,9 @@ pub(super) enum Val {
 
 /// One series of a range vector at one step: its labels and the samples in the window.
 pub(super) struct RangeItem<'a> {
-    pub metric: Metric,
+    pub metric: std::borrow::Cow<'a, Metric>,
     /// The labels without `__name__`, when already known.
-    pub nameless: Option<Metric>,
+    pub nameless: Option<&'a Metric>,
     pub samples: std::borrow::Cow<'a, [(i64, f64)]>,
 }
 
@@ -714,8 +714,8 @@ impl Evaluator {
             let hi = seek(&s.samples, &s.hi, end, true);
             if lo < hi {
                 items.push(RangeItem {
-                    metric: s.metric.clone(),
-                    nameless: Some(s.nameless.clone()),
+                    metric: std::borrow::Cow::Borrowed(&s.metric),
+                    nameless: Some(&s.nameless),
                     samples: std::borrow::Cow::Borrowed(&s.samples[lo..hi]),
                 });
             }
@@ -803,7 +803,7 @@ impl Evaluator {
         Ok(items
             .into_iter()
             .map(|(metric, samples)| RangeItem {
-                metric,
+                metric: std::borrow::Cow::Owned(metric),
                 nameless: None,
                 samples: std::borrow::Cow::Owned(samples),
             })

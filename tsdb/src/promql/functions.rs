@@ -172,7 +172,7 @@ pub(super) fn call(ev: &Evaluator, c: &Call, t: i64) -> Result<Val, QueryError> 
             r.items
                 .iter()
                 .map(|it| Elem {
-                    metric: it.metric.clone(),
+                    metric: (*it.metric).clone(),
                     v: it.samples[it.samples.len() - 1].1,
                 })
                 .collect()
@@ -293,11 +293,11 @@ fn over_range(
 ) -> Vec<Elem> {
     *multi = r
         .multi_name
-        .unwrap_or_else(|| has_multiple_names(r.items.iter().map(|it| &it.metric)));
+        .unwrap_or_else(|| has_multiple_names(r.items.iter().map(|it| &*it.metric)));
     let mut out = Vec::with_capacity(r.items.len());
     for it in &r.items {
         if let Some(v) = f(&it.samples) {
-            let metric = match &it.nameless {
+            let metric = match it.nameless {
                 Some(n) => n.clone(),
                 None => Arc::new(drop_name(&it.metric)),
             };
