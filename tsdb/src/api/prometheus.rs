@@ -237,7 +237,8 @@ fn percent_decode(s: &str) -> String {
 /// Prometheus' time parameter: float Unix seconds or RFC 3339; returns milliseconds.
 pub fn parse_time(s: &str) -> Option<i64> {
     if let Ok(f) = s.parse::<f64>() {
-        if !f.is_finite() {
+        // Beyond ±9.2e15 s the milliseconds overflow i64.
+        if !f.is_finite() || f.abs() > 9.2e15 {
             return None;
         }
         let secs = f.trunc();
@@ -1000,6 +1001,7 @@ mod tests {
             Some(1_435_781_451_000)
         );
         assert_eq!(parse_time("nope"), None);
+        assert_eq!(parse_time("1e300"), None);
         assert_eq!(parse_duration("15s"), Some(15_000));
         assert_eq!(parse_duration("1h30m"), Some(5_400_000));
         assert_eq!(parse_duration("0.5"), Some(500));

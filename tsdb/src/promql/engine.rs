@@ -225,7 +225,10 @@ impl Engine {
                 }
                 s.push((t, e.v));
             }
-            t += step;
+            match t.checked_add(step) {
+                Some(n) => t = n,
+                None => break,
+            }
         }
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(Value::Matrix(out))
@@ -380,7 +383,7 @@ fn unwrap_parens(e: &Expr) -> &Expr {
 }
 
 fn dur_ms(d: &Duration) -> i64 {
-    d.as_millis() as i64
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn offset_ms(o: &Option<Offset>) -> i64 {
@@ -514,7 +517,7 @@ impl Evaluator {
             Some(AtModifier::End) => self.end,
             Some(AtModifier::At(st)) => system_time_ms(st),
         };
-        base - offset_ms(offset)
+        base.saturating_sub(offset_ms(offset))
     }
 
     /// Collects (selector, key, mint, maxt, is-range) for every selector below `e`, which is
@@ -532,7 +535,13 @@ impl Evaluator {
                     self.ref_time(&vs.at, &vs.offset, lo),
                     self.ref_time(&vs.at, &vs.offset, hi),
                 );
-                out.push((vs, vs as *const _ as usize, a - self.lookback, b, false));
+                out.push((
+                    vs,
+                    vs as *const _ as usize,
+                    a.saturating_sub(self.lookback),
+                    b,
+                    false,
+                ));
             }
             Expr::MatrixSelector(ms) => {
                 let vs = &ms.vs;
@@ -540,14 +549,20 @@ impl Evaluator {
                     self.ref_time(&vs.at, &vs.offset, lo),
                     self.ref_time(&vs.at, &vs.offset, hi),
                 );
-                out.push((vs, vs as *const _ as usize, a - dur_ms(&ms.range), b, true));
+                out.push((
+                    vs,
+                    vs as *const _ as usize,
+                    a.saturating_sub(dur_ms(&ms.range)),
+                    b,
+                    true,
+                ));
             }
             Expr::Subquery(sq) => {
                 let (a, b) = (
                     self.ref_time(&sq.at, &sq.offset, lo),
                     self.ref_time(&sq.at, &sq.offset, hi),
                 );
-                self.collect(&sq.expr, a - dur_ms(&sq.range), b, out)?;
+                self.collect(&sq.expr, a.saturating_sub(dur_ms(&sq.range)), b, out)?;
             }
             Expr::Aggregate(a) => {
                 if let Some(p) = &a.param {
@@ -707,7 +722,7 @@ impl Evaluator {
             )));
         };
         let end = self.ref_time(&vs.at, &vs.offset, t);
-        let start = end - range_ms;
+        let start = end.saturating_sub(range_ms);
         let mut items = Vec::new();
         for s in series {
             let lo = seek(&s.samples, &s.lo, start, false);
@@ -738,7 +753,7 @@ impl Evaluator {
                 let range_ms = dur_ms(&sq.range);
                 Ok(RangeArg {
                     items: self.subquery(sq, t)?,
-                    range_start: end - range_ms,
+                    range_start: end.saturating_sub(range_ms),
                     range_end: end,
                     range_ms,
                     multi_name: None,
@@ -759,7 +774,7 @@ impl Evaluator {
     ) -> Result<Vec<RangeItem<'static>>, QueryError> {
         let step = sq.step.as_ref().map_or(self.sub_step, dur_ms).max(1);
         let end = self.ref_time(&sq.at, &sq.offset, t);
-        let start = end - dur_ms(&sq.range);
+        let start = end.saturating_sub(dur_ms(&sq.range));
         let mut ts = step * (start / step);
         if ts < start {
             ts += step;
@@ -787,7 +802,11 @@ impl Evaluator {
                     };
                     self.count_samples(v.len())?;
                     let v = Rc::new(v);
-                    self.sub_cache.borrow_mut().insert((key, ts), v.clone());
+                    // Empty steps are cheap to recompute; not caching them keeps a huge,
+                    // mostly empty subquery window from filling memory before its timeout.
+                    if !v.is_empty() {
+                        self.sub_cache.borrow_mut().insert((key, ts), v.clone());
+                    }
                     v
                 }
             };
@@ -798,7 +817,10 @@ impl Evaluator {
                 });
                 items[i].1.push((ts, e.v));
             }
-            ts += step;
+            match ts.checked_add(step) {
+                Some(n) => ts = n,
+                None => break,
+            }
         }
         Ok(items
             .into_iter()
@@ -929,6 +951,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn extreme_offsets_and_windows_neither_panic_nor_hang() {
+        let q = source();
+        let mut e = Engine::default();
+        e.limits.timeout = Duration::from_millis(200);
+        for query in [
+            "c offset 100000000y",
+            "c offset -100000000y",
+            "rate(c[100000000y])",
+            "c @ 9000000000000000",
+        ] {
+            assert!(e.instant(&q, query, M).is_ok(), "{query}");
+        }
+        let err = e.instant(&q, "max_over_time(c[1000y:1s])", M).unwrap_err();
+        assert!(matches!(err, QueryError::Timeout { .. }), "{err}");
     }
 
     #[test]
