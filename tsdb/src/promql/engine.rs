@@ -619,14 +619,22 @@ impl Evaluator {
             Expr::Paren(p) => self.eval(&p.expr, t),
             Expr::Unary(u) => match self.eval(&u.expr, t)? {
                 Val::Scalar(v) => Ok(Val::Scalar(-v)),
-                Val::Vector(vec) => Ok(Val::Vector(
-                    vec.into_iter()
+                Val::Vector(vec) => {
+                    let out: Vec<Elem> = vec
+                        .into_iter()
                         .map(|e| Elem {
                             metric: Arc::new(drop_name(&e.metric)),
                             v: -e.v,
                         })
-                        .collect(),
-                )),
+                        .collect();
+                    let mut seen = std::collections::HashSet::with_capacity(out.len());
+                    if !out.iter().all(|e| seen.insert(e.metric.clone())) {
+                        return Err(QueryError::Execution(
+                            "vector cannot contain metrics with the same labelset".into(),
+                        ));
+                    }
+                    Ok(Val::Vector(out))
+                }
                 Val::Str(_) => Err(QueryError::Execution(
                     "unary expression only allowed on expressions of type scalar or vector".into(),
                 )),
