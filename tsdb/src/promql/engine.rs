@@ -419,10 +419,16 @@ pub fn selector_matchers(vs: &VectorSelector) -> Result<Vec<Matcher>, QueryError
             MatchOp::Re(_) => MatchType::Regex,
             MatchOp::NotRe(_) => MatchType::NotRegex,
         };
-        out.push(
-            Matcher::new(kind, m.name.clone(), m.value.clone())
-                .map_err(|e| QueryError::BadData(e.to_string()))?,
-        );
+        // Go accepts some patterns Rust's regex rejects (a `{` that starts no repetition); the
+        // parser has already rewritten those into an equivalent anchored pattern.
+        let matcher =
+            Matcher::new(kind, m.name.clone(), m.value.clone()).or_else(|e| match &m.op {
+                MatchOp::Re(re) | MatchOp::NotRe(re) => {
+                    Matcher::new(kind, m.name.clone(), re.as_str())
+                }
+                _ => Err(e),
+            });
+        out.push(matcher.map_err(|e| QueryError::BadData(e.to_string()))?);
     }
     if out.iter().all(|m| m.matches_empty()) {
         return Err(QueryError::BadData(
@@ -976,6 +982,16 @@ mod tests {
         }
         let err = e.instant(&q, "max_over_time(c[1000y:1s])", M).unwrap_err();
         assert!(matches!(err, QueryError::Timeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn go_style_regex_braces_match_literally() {
+        let q = MemQueryable::new(vec![series(
+            &[("__name__", "m"), ("x", "a{b}")],
+            vec![(0, 1.0)],
+        )]);
+        let got = vector(Engine::default().instant(&q, "m{x=~\"a{b}\"}", 0).unwrap());
+        assert_eq!(got.len(), 1);
     }
 
     #[test]
