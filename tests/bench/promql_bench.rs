@@ -225,6 +225,7 @@ fn main() {
 
     let (start, end, step) = (T0, T0 + SPAN, 60_000);
     let http = agent();
+    let rss_before_queries = peak_rss_mib("self");
     println!(
         "{:<75} {:>12} {:>12} {:>7}",
         "query (range 6h, step 60s)", "prometheus", "rimir", "ratio"
@@ -280,9 +281,12 @@ fn main() {
             rcpu / pcpu.max(0.01)
         );
     }
+    let rss_after = peak_rss_mib("self");
     println!(
-        "peak RSS: prometheus {:.0} MiB, benchmark process (data generator + in-memory source + engine) {:.0} MiB",
+        "peak RSS: prometheus {:.0} MiB; benchmark process {:.0} MiB, of which {:.0} MiB before the first query (generated data and in-memory source) and {:.0} MiB added by query evaluation",
         peak_rss_mib(&prom.child.id().to_string()),
-        peak_rss_mib("self")
+        rss_after,
+        rss_before_queries,
+        rss_after - rss_before_queries
     );
 }
