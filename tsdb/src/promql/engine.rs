@@ -276,6 +276,8 @@ pub(super) struct RangeItem<'a> {
     /// The labels without `__name__`, when already known.
     pub nameless: Option<&'a Metric>,
     pub samples: std::borrow::Cow<'a, [(i64, f64)]>,
+    /// `Some(true)` when the window is known to hold no counter reset.
+    pub no_resets: Option<bool>,
 }
 
 /// A range vector argument at one step, with the window it covers.
@@ -307,6 +309,27 @@ pub(super) struct FSeries {
     pub samples: Vec<(i64, f64)>,
     lo: Cell<usize>,
     hi: Cell<usize>,
+    /// Prefix counts of counter resets (`resets[i]`: drops among samples `1..=i`), built on first
+    /// use by rate/increase so windows without a reset skip the correction loop.
+    resets: std::cell::OnceCell<Vec<u32>>,
+}
+
+impl FSeries {
+    /// Whether samples `lo..hi` contain no counter reset.
+    fn no_resets(&self, lo: usize, hi: usize) -> bool {
+        let r = self.resets.get_or_init(|| {
+            let mut n = 0u32;
+            let mut out = Vec::with_capacity(self.samples.len());
+            for (i, &(_, v)) in self.samples.iter().enumerate() {
+                if i > 0 && v < self.samples[i - 1].1 {
+                    n += 1;
+                }
+                out.push(n);
+            }
+            out
+        });
+        r[hi - 1] == r[lo]
+    }
 }
 
 /// The number of leading samples with a timestamp below `bound` (`<= bound` when `inclusive`),
@@ -498,6 +521,7 @@ impl Evaluator {
                     samples,
                     lo: Cell::new(0),
                     hi: Cell::new(0),
+                    resets: std::cell::OnceCell::new(),
                 });
             }
             let multi_name = {
@@ -720,7 +744,7 @@ impl Evaluator {
         range_ms: i64,
         t: i64,
     ) -> Result<Vec<RangeItem<'_>>, QueryError> {
-        Ok(self.matrix_arg_selector(vs, range_ms, t)?.items)
+        Ok(self.matrix_arg_selector(vs, range_ms, t, false)?.items)
     }
 
     fn matrix_arg_selector(
@@ -728,6 +752,7 @@ impl Evaluator {
         vs: &VectorSelector,
         range_ms: i64,
         t: i64,
+        want_resets: bool,
     ) -> Result<RangeArg<'_>, QueryError> {
         let key = vs as *const _ as usize;
         let Some(Fetched { series, multi_name }) = self.fetched.get(&key) else {
@@ -746,6 +771,7 @@ impl Evaluator {
                     metric: std::borrow::Cow::Borrowed(&s.metric),
                     nameless: Some(&s.nameless),
                     samples: std::borrow::Cow::Borrowed(&s.samples[lo..hi]),
+                    no_resets: want_resets.then(|| s.no_resets(lo, hi)),
                 });
             }
         }
@@ -760,8 +786,21 @@ impl Evaluator {
 
     /// A range-vector argument (range selector or subquery, in parentheses or not) at `t`.
     pub(super) fn range_arg(&self, e: &Expr, t: i64) -> Result<RangeArg<'_>, QueryError> {
+        self.range_arg_resets(e, t, false)
+    }
+
+    /// As [`Self::range_arg`]; with `want_resets`, selector windows say whether they hold a
+    /// counter reset.
+    pub(super) fn range_arg_resets(
+        &self,
+        e: &Expr,
+        t: i64,
+        want_resets: bool,
+    ) -> Result<RangeArg<'_>, QueryError> {
         match unwrap_parens(e) {
-            Expr::MatrixSelector(ms) => self.matrix_arg_selector(&ms.vs, dur_ms(&ms.range), t),
+            Expr::MatrixSelector(ms) => {
+                self.matrix_arg_selector(&ms.vs, dur_ms(&ms.range), t, want_resets)
+            }
             Expr::Subquery(sq) => {
                 let end = self.ref_time(&sq.at, &sq.offset, t);
                 let range_ms = dur_ms(&sq.range);
@@ -840,6 +879,7 @@ impl Evaluator {
             .into_iter()
             .map(|(metric, samples)| RangeItem {
                 metric: std::borrow::Cow::Owned(metric),
+                no_resets: None,
                 nameless: None,
                 samples: std::borrow::Cow::Owned(samples),
             })

@@ -83,25 +83,27 @@ pub(super) fn call(ev: &Evaluator, c: &Call, t: i64) -> Result<Val, QueryError> 
             return Ok(Val::Vector(Vec::new()));
         }
         "rate" | "increase" | "delta" => {
-            let r = ev.range_arg(arg(0)?, t)?;
-            over_range(&r, &mut multi_name, |s| {
-                extrapolated_rate(&r, s, name != "delta", name == "rate")
+            let r = ev.range_arg_resets(arg(0)?, t, name != "delta")?;
+            over_range(&r, &mut multi_name, |s, no_resets| {
+                extrapolated_rate(&r, s, no_resets, name != "delta", name == "rate")
             })
         }
         "irate" | "idelta" => {
             let r = ev.range_arg(arg(0)?, t)?;
-            over_range(&r, &mut multi_name, |s| instant_value(s, name == "irate"))
+            over_range(&r, &mut multi_name, |s, _| {
+                instant_value(s, name == "irate")
+            })
         }
         "deriv" => {
             let r = ev.range_arg(arg(0)?, t)?;
-            over_range(&r, &mut multi_name, |s| {
+            over_range(&r, &mut multi_name, |s, _| {
                 (s.len() >= 2).then(|| linear_regression(s, s[0].0).0)
             })
         }
         "predict_linear" => {
             let r = ev.range_arg(arg(0)?, t)?;
             let d = scalar_arg(1)?;
-            over_range(&r, &mut multi_name, |s| {
+            over_range(&r, &mut multi_name, |s, _| {
                 (s.len() >= 2).then(|| {
                     let (slope, icept) = linear_regression(s, t);
                     slope * d + icept
@@ -122,11 +124,11 @@ pub(super) fn call(ev: &Evaluator, c: &Call, t: i64) -> Result<Val, QueryError> 
                     "invalid trend factor. Expected: 0 < tf < 1, got: {tf:.6}"
                 )));
             }
-            over_range(&r, &mut multi_name, |s| holt_winters(s, sf, tf))
+            over_range(&r, &mut multi_name, |s, _| holt_winters(s, sf, tf))
         }
         "changes" => {
             let r = ev.range_arg(arg(0)?, t)?;
-            over_range(&r, &mut multi_name, |s| {
+            over_range(&r, &mut multi_name, |s, _| {
                 let n = s
                     .windows(2)
                     .filter(|w| w[0].1 != w[1].1 && !(w[0].1.is_nan() && w[1].1.is_nan()))
@@ -136,7 +138,7 @@ pub(super) fn call(ev: &Evaluator, c: &Call, t: i64) -> Result<Val, QueryError> 
         }
         "resets" => {
             let r = ev.range_arg(arg(0)?, t)?;
-            over_range(&r, &mut multi_name, |s| {
+            over_range(&r, &mut multi_name, |s, _| {
                 Some(s.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64)
             })
         }
@@ -289,14 +291,14 @@ fn simple(v: Vec<Elem>, multi: &mut bool, f: impl Fn(f64) -> f64) -> Vec<Elem> {
 fn over_range(
     r: &RangeArg<'_>,
     multi: &mut bool,
-    f: impl Fn(&[(i64, f64)]) -> Option<f64>,
+    f: impl Fn(&[(i64, f64)], Option<bool>) -> Option<f64>,
 ) -> Vec<Elem> {
     *multi = r
         .multi_name
         .unwrap_or_else(|| has_multiple_names(r.items.iter().map(|it| &*it.metric)));
     let mut out = Vec::with_capacity(r.items.len());
     for it in &r.items {
-        if let Some(v) = f(&it.samples) {
+        if let Some(v) = f(&it.samples, it.no_resets) {
             let metric = match it.nameless {
                 Some(n) => n.clone(),
                 None => Arc::new(drop_name(&it.metric)),
@@ -315,7 +317,7 @@ fn over_time(
     f: impl Fn(&[(i64, f64)]) -> f64,
 ) -> Result<Vec<Elem>, QueryError> {
     let r = ev.range_arg(e, t)?;
-    Ok(over_range(&r, multi, |s| Some(f(s))))
+    Ok(over_range(&r, multi, |s, _| Some(f(s))))
 }
 
 fn timestamp(ev: &Evaluator, e: &Expr, t: i64) -> Result<Vec<Elem>, QueryError> {
@@ -488,6 +490,7 @@ fn label_join(ev: &Evaluator, c: &Call, t: i64) -> Result<Val, QueryError> {
 fn extrapolated_rate(
     r: &RangeArg<'_>,
     s: &[(i64, f64)],
+    no_resets: Option<bool>,
     is_counter: bool,
     is_rate: bool,
 ) -> Option<f64> {
@@ -496,7 +499,9 @@ fn extrapolated_rate(
     }
     let (first, last) = (s[0], s[s.len() - 1]);
     let mut result = last.1 - first.1;
-    if is_counter {
+    // Without a reset in the window the correction loop adds nothing (a first sample below 0
+    // adds the initial 0).
+    if is_counter && no_resets != Some(true) {
         let mut prev = 0.0;
         for &(_, v) in s {
             if v < prev {
