@@ -24,8 +24,9 @@ pub mod metrics;
 pub mod objstore;
 pub mod openmetrics;
 pub mod ring;
+pub mod promql;
+pub mod querier;
 pub mod series;
 pub mod server;
 pub mod storage;
-
 pub mod wal;
