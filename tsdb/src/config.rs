@@ -209,6 +209,8 @@ pub struct Config {
     pub blocks_storage: BlocksStorageConfig,
     /// Compactor settings.
     pub compactor: CompactorConfig,
+    /// Querier settings.
+    pub querier: QuerierConfig,
     /// Default per-tenant limits.
     pub limits: Limits,
     /// Per-tenant overrides of `limits` (Mimir's runtime-config `overrides`): tenant → keys.
@@ -227,6 +229,7 @@ impl Default for Config {
             ingester: IngesterConfig::default(),
             blocks_storage: BlocksStorageConfig::default(),
             compactor: CompactorConfig::default(),
+            querier: QuerierConfig::default(),
             limits: Limits::default(),
             overrides: BTreeMap::new(),
             compression: CompressionConfig::default(),
@@ -455,6 +458,34 @@ impl TsdbConfig {
             .copied()
             .unwrap_or(GoDuration::hours(2))
             .as_millis_i64()
+    }
+}
+
+/// `querier.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuerierConfig {
+    /// Queries reaching into this window of the past also ask the ingesters (13h).
+    pub query_ingesters_within: GoDuration,
+    /// Where blocks read from the bucket are cached.
+    pub cache_dir: PathBuf,
+    /// Most series one query may fetch (0: unlimited).
+    pub max_fetched_series_per_query: usize,
+    /// Most samples one query may load and produce (50 000 000).
+    pub max_samples: usize,
+    /// Longest evaluation time of one query (2m).
+    pub timeout: GoDuration,
+}
+
+impl Default for QuerierConfig {
+    fn default() -> Self {
+        Self {
+            query_ingesters_within: GoDuration::hours(13),
+            cache_dir: PathBuf::from("./data/querier"),
+            max_fetched_series_per_query: 0,
+            max_samples: 50_000_000,
+            timeout: GoDuration::minutes(2),
+        }
     }
 }
 

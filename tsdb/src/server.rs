@@ -345,6 +345,70 @@ pub async fn start(
         None
     };
 
+    let query_api = if cfg.target.runs_querier() {
+        let pool = match (&ingester, cfg.target) {
+            (Some(ing), Target::All) => {
+                let svc: Arc<dyn IngesterService> = ing.clone();
+                Arc::new(IngesterPool::local(
+                    &cfg.ingester.ring.instance_id,
+                    svc,
+                    &cfg,
+                ))
+            }
+            _ => {
+                let pool = Arc::new(IngesterPool::new(&cfg));
+                if !cfg.ingester.ring.join_members.is_empty() {
+                    let (pool, cfg, mut rx) = (pool.clone(), cfg.clone(), stop_rx.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let every = cfg
+                            .ingester
+                            .ring
+                            .dns_refresh_interval
+                            .0
+                            .max(Duration::from_secs(1));
+                        loop {
+                            pool.refresh(&cfg).await;
+                            tokio::select! {
+                                _ = tokio::time::sleep(every) => {}
+                                _ = rx.wait_for(|s| *s) => return,
+                            }
+                        }
+                    }));
+                }
+                pool
+            }
+        };
+        let bucket = crate::storage::bucket_config(&cfg).map_err(ServerError::Storage)?;
+        let store = crate::objstore::open_bucket(&bucket)
+            .await
+            .map_err(|e| ServerError::Storage(e.to_string()))?;
+        let q = &cfg.querier;
+        let tenants = crate::querier::sources::QuerierTenants::new(
+            Some(pool),
+            Some(store),
+            q.cache_dir.clone(),
+            q.query_ingesters_within.0,
+            tokio::runtime::Handle::current(),
+        );
+        let engine = crate::promql::Engine {
+            limits: crate::promql::Limits {
+                max_fetched_series: q.max_fetched_series_per_query,
+                max_samples: q.max_samples,
+                timeout: q.timeout.0,
+            },
+            ..crate::promql::Engine::default()
+        };
+        Some(crate::api::prometheus::router(
+            crate::api::prometheus::ApiState {
+                tenants: Arc::new(tenants),
+                engine,
+                multitenancy: cfg.multitenancy_enabled,
+            },
+        ))
+    } else {
+        None
+    };
+
     let addr = format!(
         "{}:{}",
         cfg.server.http_listen_address, cfg.server.http_listen_port
@@ -368,6 +432,10 @@ pub async fn start(
         ingester: ingester.clone(),
         compactor,
     });
+    let app = match query_api {
+        Some(q) => app.merge(q),
+        None => app,
+    };
     let mut rx = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
         let stopped = async move {

@@ -2,6 +2,8 @@
 //! implements for PromQL and the HTTP API, the errors a query can end with, and [`MemQueryable`],
 //! an in-memory source for tests and tools.
 
+pub mod sources;
+
 use std::collections::BTreeSet;
 
 use thiserror::Error;
