@@ -1,0 +1,222 @@
+//! Structural validation of custom resources against their CRD's `openAPIV3Schema`: `type`,
+//! `required`, `enum`, `minimum`/`maximum`, `minLength`/`maxLength`, `minItems`/`maxItems`.
+//! CEL rules (`x-kubernetes-validations`) and `pattern` are not evaluated.
+
+use serde_json::Value;
+
+use super::errors::ApiError;
+use super::registry::ResourceType;
+
+/// Checks a custom resource against the schema of its storage version; built-ins pass.
+pub fn validate_object(rt: &ResourceType, obj: &Value, name: &str) -> Result<(), ApiError> {
+    if !rt.custom {
+        return Ok(());
+    }
+    let Some(schema) = rt.schema(rt.storage_version()) else {
+        return Ok(());
+    };
+    let mut causes = Vec::new();
+    check(schema, obj, "", &mut causes);
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(&rt.kind, &rt.group, name, &causes))
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn check(schema: &Value, v: &Value, path: &str, causes: &mut Vec<(String, String)>) {
+    // Kubernetes prunes nulls of non-nullable fields rather than rejecting them.
+    if v.is_null() {
+        return;
+    }
+    let int_or_string = schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true);
+    if let Some(want) = schema.get("type").and_then(Value::as_str) {
+        let got = type_name(v);
+        let ok = got == want
+            || (want == "number" && got == "integer")
+            || (int_or_string && (got == "integer" || got == "string"));
+        if !ok {
+            causes.push((
+                path.to_string(),
+                format!(
+                    "Invalid value: \"{got}\": {path} in body must be of type {want}: \"{got}\""
+                ),
+            ));
+            return;
+        }
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(v)
+    {
+        let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
+        causes.push((
+            path.to_string(),
+            format!(
+                "Unsupported value: {v}: supported values: {}",
+                list.join(", ")
+            ),
+        ));
+    }
+    if let Some(n) = v.as_f64() {
+        if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+            && n < min
+        {
+            causes.push((
+                path.to_string(),
+                format!(
+                    "Invalid value: {v}: {path} in body should be greater than or equal to {min}"
+                ),
+            ));
+        }
+        if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+            && n > max
+        {
+            causes.push((
+                path.to_string(),
+                format!("Invalid value: {v}: {path} in body should be less than or equal to {max}"),
+            ));
+        }
+    }
+    if let Some(s) = v.as_str() {
+        let len = s.chars().count() as u64;
+        if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+            && len < min
+        {
+            causes.push((
+                path.to_string(),
+                format!("Invalid value: {v}: {path} in body should be at least {min} chars long"),
+            ));
+        }
+        if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
+            && len > max
+        {
+            causes.push((
+                path.to_string(),
+                format!("Too long: may not be more than {max} bytes"),
+            ));
+        }
+    }
+    match v {
+        Value::Object(m) => {
+            if let Some(req) = schema.get("required").and_then(Value::as_array) {
+                for r in req.iter().filter_map(Value::as_str) {
+                    if m.get(r).is_none_or(Value::is_null) {
+                        causes.push((join(path, r), "Required value".to_string()));
+                    }
+                }
+            }
+            let props = schema.get("properties").and_then(Value::as_object);
+            for (k, child) in m {
+                // Object metadata is validated by the server itself, not by the CRD schema.
+                if path.is_empty() && matches!(k.as_str(), "metadata" | "apiVersion" | "kind") {
+                    continue;
+                }
+                if let Some(s) = props.and_then(|p| p.get(k)) {
+                    check(s, child, &join(path, k), causes);
+                } else if let Some(s) = schema.get("additionalProperties").filter(|s| s.is_object())
+                {
+                    check(s, child, &join(path, k), causes);
+                }
+            }
+        }
+        Value::Array(a) => {
+            let n = a.len() as u64;
+            if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+                && n < min
+            {
+                causes.push((
+                    path.to_string(),
+                    format!("Invalid value: {n}: {path} in body should have at least {min} items"),
+                ));
+            }
+            if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+                && n > max
+            {
+                causes.push((
+                    path.to_string(),
+                    format!("Too many: {n}: must have at most {max} items"),
+                ));
+            }
+            if let Some(items) = schema.get("items") {
+                for (i, e) in a.iter().enumerate() {
+                    check(items, e, &format!("{path}[{i}]"), causes);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn widget_type() -> ResourceType {
+        let crd = json!({
+            "metadata": {"name": "widgets.example.io"},
+            "spec": {"group": "example.io", "names": {"plural": "widgets", "kind": "Widget"},
+                "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {"spec": {"type": "object", "required": ["size"], "properties": {
+                        "size": {"type": "integer", "minimum": 1, "maximum": 10},
+                        "mode": {"type": "string", "enum": ["a", "b"]},
+                        "q": {"x-kubernetes-int-or-string": true}
+                    }}}
+                }}}]}
+        });
+        super::super::registry::crd_to_type(&crd).unwrap()
+    }
+
+    #[test]
+    fn schema_violations_are_reported_per_field() {
+        let t = widget_type();
+        let ok = json!({"metadata": {"name": "w"}, "spec": {"size": 3, "mode": "a", "q": "1Gi"}});
+        assert!(validate_object(&t, &ok, "w").is_ok());
+        let bad = json!({"metadata": {"name": "w"}, "spec": {"mode": "c", "q": 5}});
+        let err = validate_object(&t, &bad, "w").unwrap_err();
+        assert_eq!(err.code, 422);
+        assert!(
+            err.message.contains("spec.size: Required value"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("spec.mode: Unsupported value: \"c\""),
+            "{}",
+            err.message
+        );
+        let wrong_type = json!({"spec": {"size": "big"}});
+        let err = validate_object(&t, &wrong_type, "w").unwrap_err();
+        assert!(
+            err.message.contains("must be of type integer"),
+            "{}",
+            err.message
+        );
+        let too_big = json!({"spec": {"size": 11}});
+        assert!(validate_object(&t, &too_big, "w").is_err());
+    }
+}
