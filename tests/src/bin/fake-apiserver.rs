@@ -5,6 +5,8 @@
 //! fake-apiserver [--listen 127.0.0.1:PORT] [--kubeconfig-out FILE]
 //!                [--watch-history N] [--bookmark-interval SECONDS]
 //! ```
+//!
+//! `FAKE_APISERVER_LOG=1` logs every request to stderr.
 
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ fn parse_args() -> Result<Args, String> {
         kubeconfig_out: None,
         config: ServerConfig::default(),
     };
+    args.config.log_requests = std::env::var("FAKE_APISERVER_LOG").is_ok_and(|v| v == "1");
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {

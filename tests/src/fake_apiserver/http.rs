@@ -29,6 +29,8 @@ pub struct App {
     pub store: Arc<Store>,
     /// How often watches with `allowWatchBookmarks` get a BOOKMARK.
     pub bookmark_interval: Duration,
+    /// Print one line per request to stderr.
+    pub log_requests: bool,
 }
 
 /// The router serving the whole API.
@@ -64,7 +66,9 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         match Query::<Vec<(String, String)>>::try_from_uri(&parts.uri) {
             Ok(Query(q)) => q,
             Err(e) => {
-                return error_response(&ApiError::bad_request(format!("invalid query string: {e}")));
+                return error_response(&ApiError::bad_request(format!(
+                    "invalid query string: {e}"
+                )));
             }
         };
     let q: BTreeMap<String, String> = query.into_iter().filter(|(k, _)| !k.is_empty()).collect();
@@ -75,10 +79,22 @@ async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         query: q,
         body: bytes,
     };
-    match route(&app, &req) {
+    let resp = match route(&app, &req) {
         Ok(resp) => resp,
         Err(e) => error_response(&e),
+    };
+    if app.log_requests {
+        eprintln!(
+            "fake-apiserver: {} {}?{} ct={:?} accept={:?} -> {}",
+            req.method,
+            req.path,
+            parts.uri.query().unwrap_or(""),
+            req.header(header::CONTENT_TYPE),
+            req.header(header::ACCEPT),
+            resp.status().as_u16()
+        );
     }
+    resp
 }
 
 struct Req {
@@ -127,6 +143,10 @@ impl Req {
     }
 
     fn body_value(&self) -> Result<Value, ApiError> {
+        let ct = self.header(header::CONTENT_TYPE);
+        if ct.contains("protobuf") || ct.contains("cbor") {
+            return Err(ApiError::unsupported_media_type(ct));
+        }
         if self.body.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::bad_request("the request body is empty"));
         }
@@ -203,10 +223,90 @@ fn route(app: &App, req: &Req) -> Result<Response, ApiError> {
             }
             discovery(resource_list(&types, group, version))
         }
+        ["openapi", "v3"] => discovery(openapi_root(&app.store.types())),
+        ["openapi", "v3", "api", "v1"] => {
+            discovery(openapi_group_version(&app.store.types(), "", "v1"))
+        }
+        ["openapi", "v3", "apis", group, version] => {
+            let types = app.store.types();
+            if !types.iter().any(|t| t.group == *group && t.serves(version)) {
+                return Err(ApiError::no_route(&req.path));
+            }
+            discovery(openapi_group_version(&types, group, version))
+        }
         ["api", "v1", rest @ ..] => resource_request(app, req, "", "v1", rest),
         ["apis", group, version, rest @ ..] => resource_request(app, req, group, version, rest),
         _ => Err(ApiError::no_route(&req.path)),
     }
+}
+
+/// The OpenAPI v3 root: one document per group/version. kubectl reads it to learn that the
+/// server validates fields itself (`fieldValidation`), so it skips client-side schemas.
+fn openapi_root(types: &[ResourceType]) -> Value {
+    let mut paths = serde_json::Map::new();
+    for t in types {
+        for v in &t.versions {
+            let key = if t.group.is_empty() {
+                format!("api/{v}")
+            } else {
+                format!("apis/{}/{v}", t.group)
+            };
+            paths.insert(
+                key.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{key}")}),
+            );
+        }
+    }
+    json!({"paths": paths})
+}
+
+/// A minimal OpenAPI v3 document for one group/version: the item paths of every resource
+/// with their GVK and query parameters; no schemas.
+fn openapi_group_version(types: &[ResourceType], group: &str, version: &str) -> Value {
+    let mut paths = serde_json::Map::new();
+    let params: Vec<Value> = ["fieldValidation", "fieldManager", "force", "dryRun"]
+        .iter()
+        .map(|p| json!({"name": p, "in": "query", "schema": {"type": "string", "uniqueItems": true}}))
+        .collect();
+    for t in types
+        .iter()
+        .filter(|t| t.group == group && t.serves(version))
+    {
+        let prefix = if group.is_empty() {
+            format!("/api/{version}")
+        } else {
+            format!("/apis/{group}/{version}")
+        };
+        let ns = if t.namespaced {
+            "/namespaces/{namespace}"
+        } else {
+            ""
+        };
+        let gvk = json!({"group": group, "version": version, "kind": t.kind});
+        let op = |action: &str| {
+            json!({
+                "operationId": format!("{action}{}", t.kind),
+                "x-kubernetes-action": action,
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": params,
+                "responses": {"200": {"description": "OK"}},
+            })
+        };
+        paths.insert(
+            format!("{prefix}{ns}/{}/{{name}}", t.plural),
+            json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}),
+        );
+        paths.insert(
+            format!("{prefix}{ns}/{}", t.plural),
+            json!({"get": op("list"), "post": op("post")}),
+        );
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes (rimir fake)", "version": "v1.33.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    })
 }
 
 fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Value {

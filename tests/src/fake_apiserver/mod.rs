@@ -35,6 +35,9 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     /// Interval of BOOKMARK events on watches that allow them.
     pub bookmark_interval: Duration,
+    /// Print one line per request to stderr (the binary turns this on with
+    /// `FAKE_APISERVER_LOG=1`).
+    pub log_requests: bool,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +45,7 @@ impl Default for ServerConfig {
         ServerConfig {
             store: StoreConfig::default(),
             bookmark_interval: Duration::from_secs(5),
+            log_requests: false,
         }
     }
 }
@@ -68,6 +72,7 @@ impl FakeApiServer {
         let app = Arc::new(http::App {
             store: store.clone(),
             bookmark_interval: config.bookmark_interval,
+            log_requests: config.log_requests,
         });
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -57,7 +57,10 @@ pub fn json_path<'a>(obj: &'a Value, path: &str) -> Vec<&'a Value> {
                     .filter(|e| {
                         json_path(e, field).first().is_some_and(|x| match x {
                             Value::String(s) => s == want,
-                            other => other.to_string() == want,
+                            other => {
+                                let text = other.to_string();
+                                text == want
+                            }
                         })
                     })
                     .collect();
