@@ -223,6 +223,15 @@ fn route(app: &App, req: &Req) -> Result<Response, ApiError> {
             }
             discovery(resource_list(&types, group, version))
         }
+        ["openapi", "v2"] if req.header(header::ACCEPT).contains("protobuf") => {
+            let ct = "application/octet-stream";
+            Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, ct)],
+                openapi_v2_protobuf(),
+            )
+                .into_response())
+        }
         ["openapi", "v3"] => discovery(openapi_root(&app.store.types())),
         ["openapi", "v3", "api", "v1"] => {
             discovery(openapi_group_version(&app.store.types(), "", "v1"))
@@ -238,6 +247,34 @@ fn route(app: &App, req: &Req) -> Result<Response, ApiError> {
         ["apis", group, version, rest @ ..] => resource_request(app, req, group, version, rest),
         _ => Err(ApiError::no_route(&req.path)),
     }
+}
+
+/// An OpenAPI v2 document with no definitions, protobuf-encoded (gnostic `Document`:
+/// `swagger` = 1, `info` = 2 with `title` = 1, `version` = 2). Older kubectl (1.20, Debian's)
+/// downloads it before validating client-side; with no definitions every type passes there and
+/// the server validates instead.
+fn openapi_v2_protobuf() -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, number: u8, bytes: &[u8]) {
+        out.push((number << 3) | 2);
+        let mut len = bytes.len();
+        loop {
+            let b = (len & 0x7f) as u8;
+            len >>= 7;
+            if len == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        }
+        out.extend_from_slice(bytes);
+    }
+    let mut info = Vec::new();
+    field(&mut info, 1, b"Kubernetes (rimir fake)");
+    field(&mut info, 2, b"v1.33.0");
+    let mut doc = Vec::new();
+    field(&mut doc, 1, b"2.0");
+    field(&mut doc, 2, &info);
+    doc
 }
 
 /// The OpenAPI v3 root: one document per group/version. kubectl reads it to learn that the
