@@ -687,6 +687,99 @@ async fn finalizers_hold_deletion_until_removed() {
 }
 
 #[tokio::test]
+async fn kube_runtime_finalizer_helper_adds_runs_and_removes_its_finalizer() {
+    use kube::runtime::controller::Action;
+    use kube::runtime::finalizer::{Event as Fin, finalizer};
+    let (_server, client) = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(&PostParams::default(), &cm("fin", json!({}), json!({})))
+        .await
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let step = |seen: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>| {
+        move |ev: Fin<ConfigMap>| async move {
+            seen.lock().unwrap().push(match ev {
+                Fin::Apply(_) => "apply",
+                Fin::Cleanup(_) => "cleanup",
+            });
+            Ok::<_, std::convert::Infallible>(Action::await_change())
+        }
+    };
+    for _ in 0..2 {
+        let obj = std::sync::Arc::new(cms.get("fin").await.unwrap());
+        finalizer(&cms, "rimir.io/cleanup", obj, step(seen.clone()))
+            .await
+            .unwrap();
+    }
+    let current = cms.get("fin").await.unwrap();
+    assert_eq!(current.finalizers(), ["rimir.io/cleanup"]);
+    let generation = current.metadata.generation.unwrap();
+
+    cms.delete("fin", &DeleteParams::default()).await.unwrap();
+    let marked = cms.get("fin").await.unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        marked.metadata.generation,
+        Some(generation + 1),
+        "marking for deletion bumps generation"
+    );
+    finalizer(
+        &cms,
+        "rimir.io/cleanup",
+        std::sync::Arc::new(marked),
+        step(seen.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(*seen.lock().unwrap(), ["apply", "cleanup"]);
+    assert_eq!(api_status(cms.get("fin").await.unwrap_err()).0, 404);
+}
+
+#[tokio::test]
+async fn metadata_watcher_receives_partial_object_metadata() {
+    let (_server, client) = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &cm("m1", json!({"k": "v"}), json!({"big": "data"})),
+    )
+    .await
+    .unwrap();
+    let mut events = watcher::metadata_watcher(cms.clone(), watcher::Config::default()).boxed();
+    let mut names = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Some(watcher::Event::Init) => {}
+            Some(watcher::Event::InitApply(o)) => names.push((o.name_any(), o.labels().clone())),
+            Some(watcher::Event::InitDone) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        names,
+        [(
+            "m1".to_string(),
+            [("k".to_string(), "v".to_string())].into()
+        )]
+    );
+    cms.create(&PostParams::default(), &cm("m2", json!({}), json!({})))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), events.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Some(watcher::Event::Apply(o)) => assert_eq!(o.name_any(), "m2"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn deleting_an_owner_collects_its_dependents() {
     let (_server, client) = start().await;
     let widgets = install_widget_crd(&client).await;

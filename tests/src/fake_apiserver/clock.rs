@@ -65,10 +65,10 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
     let days = days_from_civil(num(0..4)?, num(5..7)?, num(8..10)?);
     let mut secs = days * 86_400 + num(11..13)? * 3600 + num(14..16)? * 60 + num(17..19)?;
-    let mut rest = &s[19..];
+    let mut rest = s.get(19..)?;
     if let Some(frac) = rest.strip_prefix('.') {
         let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        rest = &frac[digits..];
+        rest = frac.get(digits..)?;
     }
     match rest.as_bytes().first()? {
         b'Z' | b'z' => {}
@@ -131,6 +131,7 @@ mod tests {
             Some(951_782_400)
         );
         assert_eq!(parse_rfc3339("garbage"), None);
+        assert_eq!(parse_rfc3339("2000-02-29T01:00:0\u{e9}Z"), None);
     }
 
     #[test]

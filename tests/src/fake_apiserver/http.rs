@@ -124,6 +124,11 @@ impl Req {
             .filter(|s| !s.is_empty())
     }
 
+    fn wants_metadata_only(&self) -> bool {
+        self.header(header::ACCEPT)
+            .contains("as=PartialObjectMetadata")
+    }
+
     fn wants_table(&self) -> bool {
         self.header(header::ACCEPT).contains("as=Table")
     }
@@ -390,12 +395,29 @@ fn group_list(types: &[ResourceType]) -> Value {
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-/// Sets `apiVersion` to the version the client asked for.
-fn as_version(mut obj: Value, rt: &ResourceType, version: &str) -> Value {
+/// Sets `apiVersion` to the version the client asked for, or reduces the object to
+/// `PartialObjectMetadata` when the client asked for metadata only.
+fn as_version(mut obj: Value, rt: &ResourceType, version: &str, meta_only: bool) -> Value {
+    if meta_only {
+        return json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": obj.get("metadata").cloned().unwrap_or_default(),
+        });
+    }
     if let Value::Object(m) = &mut obj {
         m.insert("apiVersion".into(), json!(rt.api_version(version)));
     }
     obj
+}
+
+/// `kind` and `apiVersion` of a list.
+fn list_type(rt: &ResourceType, version: &str, meta_only: bool) -> (String, String) {
+    if meta_only {
+        ("PartialObjectMetadataList".into(), "meta.k8s.io/v1".into())
+    } else {
+        (format!("{}List", rt.kind), rt.api_version(version))
+    }
 }
 
 struct Target<'a> {
@@ -462,7 +484,10 @@ fn resource_request(
     let store = &app.store;
     let ns = t.namespace.unwrap_or("");
     let out = |code: StatusCode, obj: Value| -> Result<Response, ApiError> {
-        Ok(json_response(code, &as_version(obj, &t.rt, t.version)))
+        Ok(json_response(
+            code,
+            &as_version(obj, &t.rt, t.version, req.wants_metadata_only()),
+        ))
     };
     match (&req.method, t.name) {
         (&Method::GET, None) if watch_path || req.flag("watch") => watch(app, req, &t),
@@ -533,13 +558,14 @@ fn resource_request(
             let items: Vec<Value> = store
                 .delete_collection(&t.rt, &filter, &opts)
                 .into_iter()
-                .map(|o| as_version(o, &t.rt, t.version))
+                .map(|o| as_version(o, &t.rt, t.version, req.wants_metadata_only()))
                 .collect();
+            let (kind, api_version) = list_type(&t.rt, t.version, req.wants_metadata_only());
             Ok(json_response(
                 StatusCode::OK,
                 &json!({
-                    "kind": format!("{}List", t.rt.kind),
-                    "apiVersion": t.rt.api_version(t.version),
+                    "kind": kind,
+                    "apiVersion": api_version,
                     "metadata": {"resourceVersion": store.current_rv().to_string()},
                     "items": items,
                 }),
@@ -584,17 +610,18 @@ fn list(store: &Store, req: &Req, t: &Target<'_>) -> Result<Response, ApiError> 
     let items: Vec<Value> = page
         .items
         .into_iter()
-        .map(|o| as_version(o, &t.rt, t.version))
+        .map(|o| as_version(o, &t.rt, t.version, req.wants_metadata_only()))
         .collect();
     let mut meta = json!({"resourceVersion": page.rv.to_string()});
     if let Some(c) = page.continue_token {
         meta["continue"] = json!(c);
     }
+    let (kind, api_version) = list_type(&t.rt, t.version, req.wants_metadata_only());
     Ok(json_response(
         StatusCode::OK,
         &json!({
-            "kind": format!("{}List", t.rt.kind),
-            "apiVersion": t.rt.api_version(t.version),
+            "kind": kind,
+            "apiVersion": api_version,
             "metadata": meta,
             "items": items,
         }),
@@ -617,6 +644,7 @@ fn watch(app: &App, req: &Req, t: &Target<'_>) -> Result<Response, ApiError> {
         ),
     };
     let initial = req.flag("sendInitialEvents");
+    let meta_only = req.wants_metadata_only();
     let bookmarks = req.flag("allowWatchBookmarks");
     let timeout = match req.param("timeoutSeconds") {
         Some(s) => Duration::from_secs(
@@ -659,7 +687,12 @@ fn watch(app: &App, req: &Req, t: &Target<'_>) -> Result<Response, ApiError> {
             async move { tx.send(b).await.is_ok() }
         };
         for (ev, obj) in start.backlog {
-            if !send(event_line(ev.as_str(), &as_version(obj, &rt, &version))).await {
+            if !send(event_line(
+                ev.as_str(),
+                &as_version(obj, &rt, &version, meta_only),
+            ))
+            .await
+            {
                 return;
             }
         }
@@ -683,7 +716,7 @@ fn watch(app: &App, req: &Req, t: &Target<'_>) -> Result<Response, ApiError> {
                             continue;
                         }
                         if let Some((ev, obj)) = filter_change(&change, &filter)
-                            && !send(event_line(ev.as_str(), &as_version(obj, &rt, &version))).await
+                            && !send(event_line(ev.as_str(), &as_version(obj, &rt, &version, meta_only))).await
                         {
                             return;
                         }

@@ -23,11 +23,23 @@ pub fn merge_patch(doc: &mut Value, patch: &Value) {
     json_patch::merge(doc, patch);
 }
 
-/// Applies an RFC 6902 JSON patch given as a JSON array.
+/// Applies an RFC 6902 JSON patch given as a JSON array. As in Kubernetes, a `test` for
+/// `null` succeeds on a missing path (kube-rs' finalizer helper relies on it to add the first
+/// finalizer). On error `doc` may be partly patched: callers patch a copy.
 pub fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), String> {
     let ops: json_patch::Patch =
         serde_json::from_value(patch.clone()).map_err(|e| format!("invalid JSON patch: {e}"))?;
-    json_patch::patch(doc, &ops).map_err(|e| format!("JSON patch failed: {e}"))
+    for op in ops.0.iter() {
+        if let json_patch::PatchOperation::Test(t) = op
+            && t.value.is_null()
+            && doc.pointer(t.path.as_str()).is_none()
+        {
+            continue;
+        }
+        json_patch::patch(doc, std::slice::from_ref(op))
+            .map_err(|e| format!("JSON patch failed: {e}"))?;
+    }
+    Ok(())
 }
 
 fn named_list(v: &[Value]) -> bool {
@@ -329,6 +341,19 @@ mod tests {
         json_patch(&mut doc, &good).unwrap();
         assert_eq!(doc, json!({"metadata": {"finalizers": []}}));
         assert!(json_patch(&mut doc, &json!({"op": "x"})).is_err());
+    }
+
+    #[test]
+    fn json_patch_test_for_null_accepts_a_missing_path() {
+        let mut doc = json!({"metadata": {"name": "a"}});
+        let add_first = json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+                               {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}]);
+        json_patch(&mut doc, &add_first).unwrap();
+        assert_eq!(doc["metadata"]["finalizers"], json!(["f"]));
+        assert!(
+            json_patch(&mut doc, &add_first).is_err(),
+            "the path exists now and is not null"
+        );
     }
 
     #[test]

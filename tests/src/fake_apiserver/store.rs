@@ -884,6 +884,7 @@ impl State {
             }
         }
         self.server_defaults(rt, &mut obj)?;
+        validate::validate_metadata(rt, &obj, &name)?;
         validate::validate_object(rt, &obj, &name)?;
         let fields = w
             .apply_fields
@@ -1239,6 +1240,7 @@ impl State {
                 .unwrap_or(1);
             meta_mut(&mut result).insert("generation".into(), json!(g + 1));
         }
+        validate::validate_metadata(rt, &result, name)?;
         validate::validate_object(rt, &result, name)?;
 
         // managedFields: the writer gains what it changed (or exactly what it applied); others
@@ -1330,9 +1332,16 @@ impl State {
         }
         let mut marked = obj.clone();
         {
+            // As in Kubernetes, marking an object for deletion bumps its generation, so
+            // controllers filtering on generation still see it.
+            let generation = obj
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
             let m = meta_mut(&mut marked);
             m.insert("deletionTimestamp".into(), json!(clock::now_rfc3339()));
             m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            m.insert("generation".into(), json!(generation + 1));
         }
         let rv = self.next_rv();
         meta_mut(&mut marked).insert("resourceVersion".into(), json!(rv.to_string()));

@@ -24,6 +24,69 @@ pub fn validate_object(rt: &ResourceType, obj: &Value, name: &str) -> Result<(),
     }
 }
 
+/// Checks the shape of `metadata` fields the server interprets, for every type: labels and
+/// annotations are maps of strings, finalizers a list of strings, owner references complete.
+pub fn validate_metadata(rt: &ResourceType, obj: &Value, name: &str) -> Result<(), ApiError> {
+    let mut causes = Vec::new();
+    let meta = obj.get("metadata").unwrap_or(&Value::Null);
+    for field in ["labels", "annotations"] {
+        match meta.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) => {
+                for (k, v) in m {
+                    if k.is_empty() || !v.is_string() {
+                        causes.push((
+                            format!("metadata.{field}.{k}"),
+                            "Invalid value: must be a non-empty key with a string value"
+                                .to_string(),
+                        ));
+                    }
+                }
+            }
+            Some(_) => causes.push((
+                format!("metadata.{field}"),
+                "Invalid value: must be a map of strings".to_string(),
+            )),
+        }
+    }
+    match meta.get("finalizers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) if a.iter().all(|f| f.as_str().is_some_and(|s| !s.is_empty())) => {}
+        Some(_) => causes.push((
+            "metadata.finalizers".to_string(),
+            "Invalid value: must be a list of non-empty strings".to_string(),
+        )),
+    }
+    match meta.get("ownerReferences") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) => {
+            for (i, r) in a.iter().enumerate() {
+                for f in ["apiVersion", "kind", "name", "uid"] {
+                    if !r
+                        .get(f)
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| !s.is_empty())
+                    {
+                        causes.push((
+                            format!("metadata.ownerReferences[{i}].{f}"),
+                            "Required value".to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+        Some(_) => causes.push((
+            "metadata.ownerReferences".to_string(),
+            "Invalid value: must be a list".to_string(),
+        )),
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(&rt.kind, &rt.group, name, &causes))
+    }
+}
+
 fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -218,5 +281,25 @@ mod tests {
         );
         let too_big = json!({"spec": {"size": 11}});
         assert!(validate_object(&t, &too_big, "w").is_err());
+    }
+
+    #[test]
+    fn malformed_metadata_is_invalid() {
+        let t = widget_type();
+        let ok = json!({"metadata": {"labels": {"a": "b"}, "finalizers": ["x/y"],
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "u"}]}});
+        assert!(validate_metadata(&t, &ok, "w").is_ok());
+        for bad in [
+            json!({"metadata": {"labels": "x"}}),
+            json!({"metadata": {"annotations": {"a": 1}}}),
+            json!({"metadata": {"finalizers": "x"}}),
+            json!({"metadata": {"ownerReferences": [{"kind": "ConfigMap"}]}}),
+        ] {
+            assert_eq!(
+                validate_metadata(&t, &bad, "w").unwrap_err().code,
+                422,
+                "{bad}"
+            );
+        }
     }
 }
