@@ -62,11 +62,7 @@ pub fn validate_metadata(rt: &ResourceType, obj: &Value, name: &str) -> Result<(
         Some(Value::Array(a)) => {
             for (i, r) in a.iter().enumerate() {
                 for f in ["apiVersion", "kind", "name", "uid"] {
-                    if !r
-                        .get(f)
-                        .and_then(Value::as_str)
-                        .is_some_and(|s| !s.is_empty())
-                    {
+                    if r.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
                         causes.push((
                             format!("metadata.ownerReferences[{i}].{f}"),
                             "Required value".to_string(),
