@@ -745,7 +745,11 @@ async fn metadata_watcher_receives_partial_object_metadata() {
     )
     .await
     .unwrap();
-    let mut events = watcher::metadata_watcher(cms.clone(), watcher::Config::default()).boxed();
+    let mut events = watcher(
+        Api::<kube::core::PartialObjectMeta<ConfigMap>>::namespaced(client.clone(), "default"),
+        watcher::Config::default(),
+    )
+    .boxed();
     let mut names = Vec::new();
     loop {
         match tokio::time::timeout(Duration::from_secs(5), events.try_next())
