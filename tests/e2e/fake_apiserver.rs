@@ -1043,3 +1043,172 @@ async fn kubectl_applies_gets_with_printer_columns_and_deletes() {
     let (ok, out, _) = k.run(&["get", "widgets"], None).await;
     assert!(ok && out.is_empty(), "{out}");
 }
+
+/// Kills the child process when the test ends, however it ends.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn binary_writes_a_kubeconfig_and_serves_it() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    let child = Command::new(env!("CARGO_BIN_EXE_fake-apiserver"))
+        .arg("--kubeconfig-out")
+        .arg(&path)
+        .arg("--bookmark-interval")
+        .arg("0.5")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = ChildGuard(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        if let Ok(t) = std::fs::read_to_string(&path)
+            && t.contains("current-context")
+        {
+            break t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kubeconfig written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(text.contains("server: http://127.0.0.1:"), "{text}");
+    let config = Config::from_custom_kubeconfig(
+        Kubeconfig::from_yaml(&text).unwrap(),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    let client = Client::try_from(config).unwrap();
+    let widgets = install_widget_crd(&client).await;
+    widgets
+        .patch(
+            "w",
+            &PatchParams::apply("t"),
+            &Patch::Apply(widget("w", json!({"size": 2}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(widgets.get("w").await.unwrap().data["spec"]["size"], 2);
+}
+
+/// xorshift64*: deterministic noise for the robustness test.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_requests_never_crash_the_server() {
+    let (server, client) = start().await;
+    install_widget_crd(&client).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(
+        &PostParams::default(),
+        &cm("target", json!({"a": "b"}), json!({"k": "v"})),
+    )
+    .await
+    .unwrap();
+    let url = server.url();
+    let failures = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut noise = Noise(0x5eed_1234_abcd_0001);
+        let paths = [
+            "/api/v1/namespaces/default/configmaps",
+            "/api/v1/namespaces/default/configmaps/target",
+            "/api/v1/namespaces/default/configmaps/target/status",
+            "/apis/example.io/v1/namespaces/default/widgets",
+            "/apis/example.io/v1/namespaces/default/widgets/w",
+            "/apis/example.io/v1/namespaces/default/widgets/w/status",
+            "/apis/apps/v1/namespaces/default/statefulsets/s",
+            "/api/v1/namespaces/x/y/z/w",
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.example.io",
+            "/api/v1/namespaces",
+        ];
+        let bodies = [
+            "", "{", "null", "[]", "1", "\"s\"", "{}", "{\"metadata\":\"x\"}",
+            "{\"metadata\":{\"name\":\"w\",\"labels\":[1]}}",
+            "{\"metadata\":{\"name\":\"w\",\"finalizers\":{}}}",
+            "{\"apiVersion\":\"example.io/v1\",\"kind\":\"Widget\",\"metadata\":{\"name\":\"w\"},\"spec\":{\"size\":\"x\"}}",
+            "{\"apiVersion\":\"example.io/v1\",\"kind\":\"Widget\",\"metadata\":{\"name\":\"w\"},\"spec\":{\"size\":2}}",
+            "[{\"op\":\"remove\",\"path\":\"/metadata\"}]",
+            "[{\"op\":\"replace\",\"path\":\"/metadata/name\",\"value\":\"other\"}]",
+            "[{\"op\":\"add\",\"path\":\"/spec/x/y/z\",\"value\":1}]",
+            "{\"data\":{\"k\":null},\"status\":[1,2]}",
+            "{\"spec\":{\"group\":1}}",
+            "a: [b\n",
+            "{\"metadata\":{\"resourceVersion\":\"999999\"}}",
+            "{\"propagationPolicy\":\"Orphan\",\"preconditions\":{\"uid\":\"nope\"}}",
+        ];
+        let types = [
+            "application/json",
+            "application/merge-patch+json",
+            "application/json-patch+json",
+            "application/strategic-merge-patch+json",
+            "application/apply-patch+yaml",
+            "application/yaml",
+            "text/plain",
+        ];
+        let queries = ["", "?watch=true&timeoutSeconds=0", "?labelSelector=a%20in%20(", "?fieldManager=f&force=true",
+                       "?limit=x", "?continue=zz", "?resourceVersion=abc&watch=1&timeoutSeconds=0", "?fieldSelector=x"];
+        let mut failures = Vec::new();
+        for _ in 0..600 {
+            let method = noise.pick(&["GET", "POST", "PUT", "PATCH", "DELETE"]);
+            let path = format!("{url}{}{}", noise.pick(&paths), noise.pick(&queries));
+            let body = noise.pick(&bodies);
+            let ct = noise.pick(&types);
+            let resp = match method {
+                "GET" => agent.get(&path).call(),
+                "DELETE" => agent.delete(&path).force_send_body().header("Content-Type", ct).send(body),
+                "POST" => agent.post(&path).header("Content-Type", ct).send(body),
+                "PUT" => agent.put(&path).header("Content-Type", ct).send(body),
+                _ => agent.patch(&path).header("Content-Type", ct).send(body),
+            };
+            let mut resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    failures.push(format!("{method} {path}: transport error {e}"));
+                    continue;
+                }
+            };
+            let code = resp.status().as_u16();
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            if code >= 500 {
+                failures.push(format!("{method} {path} [{ct}] {body:?}: {code} {text}"));
+            } else if code >= 400 {
+                let status: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                if status["kind"] != "Status" || status["code"] != code {
+                    failures.push(format!("{method} {path}: {code} without a Status: {text}"));
+                }
+            }
+        }
+        failures
+    })
+    .await
+    .unwrap();
+    assert!(failures.is_empty(), "{failures:#?}");
+    // Still serving, and the store is consistent enough to list everything.
+    assert!(cms.list(&ListParams::default()).await.is_ok());
+    let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    assert!(crd_api.list(&ListParams::default()).await.is_ok());
+}
