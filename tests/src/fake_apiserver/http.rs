@@ -411,6 +411,26 @@ fn as_version(mut obj: Value, rt: &ResourceType, version: &str, meta_only: bool)
     obj
 }
 
+/// An object as a watch event carries it: a one-row Table for `kubectl get -w`, metadata only,
+/// or whole.
+fn watch_object(
+    obj: Value,
+    rt: &ResourceType,
+    version: &str,
+    meta_only: bool,
+    as_table: bool,
+) -> Value {
+    if as_table {
+        let rv = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        return table::to_table(rt, &[obj], rv);
+    }
+    as_version(obj, rt, version, meta_only)
+}
+
 /// `kind` and `apiVersion` of a list.
 fn list_type(rt: &ResourceType, version: &str, meta_only: bool) -> (String, String) {
     if meta_only {
@@ -645,6 +665,7 @@ fn watch(app: &App, req: &Req, t: &Target<'_>) -> Result<Response, ApiError> {
     };
     let initial = req.flag("sendInitialEvents");
     let meta_only = req.wants_metadata_only();
+    let as_table = req.wants_table();
     let bookmarks = req.flag("allowWatchBookmarks");
     let timeout = match req.param("timeoutSeconds") {
         Some(s) => Duration::from_secs(
@@ -689,7 +710,7 @@ fn watch(app: &App, req: &Req, t: &Target<'_>) -> Result<Response, ApiError> {
         for (ev, obj) in start.backlog {
             if !send(event_line(
                 ev.as_str(),
-                &as_version(obj, &rt, &version, meta_only),
+                &watch_object(obj, &rt, &version, meta_only, as_table),
             ))
             .await
             {
@@ -716,7 +737,7 @@ fn watch(app: &App, req: &Req, t: &Target<'_>) -> Result<Response, ApiError> {
                             continue;
                         }
                         if let Some((ev, obj)) = filter_change(&change, &filter)
-                            && !send(event_line(ev.as_str(), &as_version(obj, &rt, &version, meta_only))).await
+                            && !send(event_line(ev.as_str(), &watch_object(obj, &rt, &version, meta_only, as_table))).await
                         {
                             return;
                         }

@@ -884,6 +884,7 @@ impl State {
             }
         }
         self.server_defaults(rt, &mut obj)?;
+        validate::apply_defaults(rt, &mut obj);
         validate::validate_metadata(rt, &obj, &name)?;
         validate::validate_object(rt, &obj, &name)?;
         let fields = w
@@ -1233,6 +1234,7 @@ impl State {
             }
         }
         self.server_defaults(rt, &mut result)?;
+        validate::apply_defaults(rt, &mut result);
         if generation_view(&old) != generation_view(&result) {
             let g = old
                 .pointer("/metadata/generation")

@@ -1,6 +1,7 @@
 //! Structural validation of custom resources against their CRD's `openAPIV3Schema`: `type`,
 //! `required`, `enum`, `minimum`/`maximum`, `minLength`/`maxLength`, `minItems`/`maxItems`.
-//! CEL rules (`x-kubernetes-validations`) and `pattern` are not evaluated.
+//! CEL rules (`x-kubernetes-validations`) and `pattern` are not evaluated. Schema `default`s
+//! are filled in before validation, as the real server does.
 
 use serde_json::Value;
 
@@ -21,6 +22,51 @@ pub fn validate_object(rt: &ResourceType, obj: &Value, name: &str) -> Result<(),
         Ok(())
     } else {
         Err(ApiError::invalid(&rt.kind, &rt.group, name, &causes))
+    }
+}
+
+/// Fills in the `default`s of a custom resource's schema for absent fields (recursively, also
+/// inside defaulted values); built-ins are left alone.
+pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
+    if !rt.custom {
+        return;
+    }
+    if let Some(schema) = rt.schema(rt.storage_version()) {
+        default_into(schema, obj, true);
+    }
+}
+
+fn default_into(schema: &Value, v: &mut Value, root: bool) {
+    match v {
+        Value::Object(m) => {
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                for (k, s) in props {
+                    if root && k == "metadata" {
+                        continue;
+                    }
+                    if !m.contains_key(k)
+                        && let Some(d) = s.get("default")
+                    {
+                        m.insert(k.clone(), d.clone());
+                    }
+                    if let Some(child) = m.get_mut(k) {
+                        default_into(s, child, false);
+                    }
+                }
+            } else if let Some(s) = schema.get("additionalProperties").filter(|s| s.is_object()) {
+                for child in m.values_mut() {
+                    default_into(s, child, false);
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(items) = schema.get("items") {
+                for e in a.iter_mut() {
+                    default_into(items, e, false);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -242,6 +288,9 @@ mod tests {
                     "type": "object",
                     "properties": {"spec": {"type": "object", "required": ["size"], "properties": {
                         "size": {"type": "integer", "minimum": 1, "maximum": 10},
+                        "policy": {"type": "string", "default": "Retain"},
+                        "volume": {"type": "object", "default": {}, "properties": {
+                            "size": {"type": "string", "default": "50Gi"}}},
                         "mode": {"type": "string", "enum": ["a", "b"]},
                         "q": {"x-kubernetes-int-or-string": true}
                     }}}
@@ -277,6 +326,21 @@ mod tests {
         );
         let too_big = json!({"spec": {"size": 11}});
         assert!(validate_object(&t, &too_big, "w").is_err());
+    }
+
+    #[test]
+    fn schema_defaults_fill_absent_fields_recursively() {
+        let t = widget_type();
+        let mut obj = json!({"metadata": {"name": "w"}, "spec": {"size": 1, "volume": {}}});
+        apply_defaults(&t, &mut obj);
+        assert_eq!(obj["spec"]["policy"], "Retain");
+        assert_eq!(obj["spec"]["volume"]["size"], "50Gi");
+        let mut absent = json!({"spec": {"size": 1}});
+        apply_defaults(&t, &mut absent);
+        assert_eq!(absent["spec"]["volume"], json!({"size": "50Gi"}));
+        let mut kept = json!({"spec": {"policy": "Delete"}});
+        apply_defaults(&t, &mut kept);
+        assert_eq!(kept["spec"]["policy"], "Delete");
     }
 
     #[test]
