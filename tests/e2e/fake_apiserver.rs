@@ -1037,11 +1037,86 @@ async fn kubectl_applies_gets_with_printer_columns_and_deletes() {
     assert!(!ok, "{out}");
     assert!(err.contains("spec.size: Required value"), "{err}");
 
+    // Imperative creates send protobuf bodies.
+    let (ok, out, err) = k.run(&["create", "namespace", "team-a"], None).await;
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = k
+        .run(
+            &[
+                "-n",
+                "team-a",
+                "create",
+                "secret",
+                "generic",
+                "s",
+                "--from-literal=pw=hunter2",
+            ],
+            None,
+        )
+        .await;
+    assert!(ok, "{out}{err}");
+    let secret: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "team-a");
+    let data = secret.get("s").await.unwrap().data.unwrap();
+    assert_eq!(data["pw"].0, b"hunter2");
+
     let (ok, out, err) = k.run(&["delete", "widget", "w1"], None).await;
     assert!(ok, "{out}{err}");
     assert_eq!(api_status(widgets.get("w1").await.unwrap_err()).0, 404);
     let (ok, out, _) = k.run(&["get", "widgets"], None).await;
     assert!(ok && out.is_empty(), "{out}");
+}
+
+#[tokio::test]
+async fn table_output_for_lists_and_watch_events() {
+    let (server, client) = start().await;
+    let widgets = install_widget_crd(&client).await;
+    widgets
+        .create(&PostParams::default(), &widget("t1", json!({"size": 7})))
+        .await
+        .unwrap();
+    let url = server.url();
+    let accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+    let (list, first_event) = tokio::task::spawn_blocking(move || {
+        let agent = ureq::Agent::new_with_defaults();
+        let path = format!("{url}/apis/example.io/v1/namespaces/default/widgets");
+        let list: Value = serde_json::from_str(
+            &agent
+                .get(&path)
+                .header("Accept", accept)
+                .call()
+                .unwrap()
+                .body_mut()
+                .read_to_string()
+                .unwrap(),
+        )
+        .unwrap();
+        let watch = agent
+            .get(format!("{path}?watch=true&timeoutSeconds=1"))
+            .header("Accept", accept)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        let first: Value = serde_json::from_str(watch.lines().next().unwrap()).unwrap();
+        (list, first)
+    })
+    .await
+    .unwrap();
+    assert_eq!(list["kind"], "Table");
+    let headers: Vec<&str> = list["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(headers, ["Name", "Size", "Ready", "Age"]);
+    assert_eq!(list["rows"][0]["cells"][0], "t1");
+    assert_eq!(list["rows"][0]["cells"][1], 7);
+    assert_eq!(list["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    assert_eq!(first_event["type"], "ADDED");
+    assert_eq!(first_event["object"]["kind"], "Table");
+    assert_eq!(first_event["object"]["rows"][0]["cells"][0], "t1");
 }
 
 /// Kills the child process when the test ends, however it ends.

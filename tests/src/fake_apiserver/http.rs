@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::errors::ApiError;
+use super::protobuf::{self, ProtobufError};
 use super::registry::ResourceType;
 use super::selectors::Selector;
 use super::store::{DeleteOptions, Filter, PatchKind, Store, Subresource, filter_change};
@@ -149,7 +150,18 @@ impl Req {
 
     fn body_value(&self) -> Result<Value, ApiError> {
         let ct = self.header(header::CONTENT_TYPE);
-        if ct.contains("protobuf") || ct.contains("cbor") {
+        if ct.contains("protobuf") {
+            return protobuf::decode(&self.body).map_err(|e| match e {
+                ProtobufError::Unsupported(_) => ApiError {
+                    code: 415,
+                    reason: "UnsupportedMediaType",
+                    message: e.to_string(),
+                    details: None,
+                },
+                other => ApiError::bad_request(other.to_string()),
+            });
+        }
+        if ct.contains("cbor") {
             return Err(ApiError::unsupported_media_type(ct));
         }
         if self.body.iter().all(u8::is_ascii_whitespace) {

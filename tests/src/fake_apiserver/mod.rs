@@ -12,6 +12,7 @@ mod clock;
 pub mod errors;
 mod http;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 pub mod selectors;
 pub mod store;

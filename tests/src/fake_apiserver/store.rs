@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 use super::clock;
 use super::errors::ApiError;
 use super::patch::{self, FieldPath, FieldSet};
+use super::protobuf;
 use super::registry::{self, ResourceType};
 use super::selectors::Selector;
 use super::validate;
@@ -928,6 +929,26 @@ impl State {
                 };
                 obj["status"] = json!({"phase": phase});
             }
+            ("", "secrets") => {
+                // stringData is write-only: it lands base64-encoded in data.
+                if let Some(Value::Object(sd)) =
+                    obj.as_object_mut().and_then(|m| m.remove("stringData"))
+                {
+                    if !obj.get("data").is_some_and(Value::is_object) {
+                        obj["data"] = json!({});
+                    }
+                    for (k, v) in sd {
+                        let text = v
+                            .as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string());
+                        obj["data"][k] = protobuf::base64(text.as_bytes());
+                    }
+                }
+                if obj.get("type").is_none_or(Value::is_null) {
+                    obj["type"] = json!("Opaque");
+                }
+            }
             ("", "services") => {
                 let cluster_ip = obj.pointer("/spec/clusterIP").and_then(Value::as_str);
                 if cluster_ip.is_none_or(str::is_empty) {
@@ -1557,6 +1578,23 @@ mod tests {
         assert_eq!(again.unwrap_err().reason, "AlreadyExists");
         let missing_ns = s.create(&t, "nope", json!({"metadata": {"name": "x"}}), "test");
         assert_eq!(missing_ns.unwrap_err().code, 404);
+    }
+
+    #[test]
+    fn secret_string_data_is_encoded_into_data_and_type_defaults() {
+        let s = store();
+        let t = s.resolve("", "v1", "secrets").unwrap();
+        let obj = s
+            .create(
+                &t,
+                "default",
+                json!({"metadata": {"name": "s"}, "stringData": {"pw": "secret"}}),
+                "t",
+            )
+            .unwrap();
+        assert_eq!(obj["data"], json!({"pw": "c2VjcmV0"}));
+        assert_eq!(obj["type"], "Opaque");
+        assert!(obj.get("stringData").is_none());
     }
 
     #[test]
