@@ -230,7 +230,10 @@ async fn crud_list_selectors_and_error_statuses() {
 #[tokio::test]
 async fn watch_resumes_from_resource_version_and_reports_expired() {
     let (_server, client) = start_with(ServerConfig {
-        store: StoreConfig { history_limit: 5 },
+        store: StoreConfig {
+            history_limit: 5,
+            simulate_workloads: false,
+        },
         bookmark_interval: Duration::from_millis(100),
         ..ServerConfig::default()
     })

@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! fake-apiserver [--listen 127.0.0.1:PORT] [--kubeconfig-out FILE]
-//!                [--watch-history N] [--bookmark-interval SECONDS]
+//!                [--watch-history N] [--bookmark-interval SECONDS] [--simulate-workloads]
 //! ```
+//!
+//! `--simulate-workloads` makes StatefulSets and Deployments report all replicas ready.
 //!
 //! `FAKE_APISERVER_LOG=1` logs every request to stderr.
 
@@ -13,7 +15,7 @@ use std::time::Duration;
 use rimir_e2e::fake_apiserver::{FakeApiServer, ServerConfig};
 
 const USAGE: &str = "usage: fake-apiserver [--listen 127.0.0.1:PORT] [--kubeconfig-out FILE] \
-                     [--watch-history N] [--bookmark-interval SECONDS]";
+                     [--watch-history N] [--bookmark-interval SECONDS] [--simulate-workloads]";
 
 struct Args {
     listen: String,
@@ -32,6 +34,10 @@ fn parse_args() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             return Err(USAGE.to_string());
+        }
+        if flag == "--simulate-workloads" {
+            args.config.store.simulate_workloads = true;
+            continue;
         }
         let value = it
             .next()

@@ -146,12 +146,17 @@ pub struct StoreConfig {
     /// How many changes the history keeps for watches to resume from; older resourceVersions
     /// get 410 Expired.
     pub history_limit: usize,
+    /// Act as the StatefulSet and Deployment controllers would with every pod ready: after each
+    /// write of one, its status reports `spec.replicas` ready, updated and available, and
+    /// `observedGeneration` (as a separate status write by `fake-workload-controller`).
+    pub simulate_workloads: bool,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             history_limit: 20_000,
+            simulate_workloads: false,
         }
     }
 }
@@ -172,6 +177,7 @@ struct State {
 /// The shared store.
 pub struct Store {
     state: Mutex<State>,
+    simulate_workloads: bool,
 }
 
 fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
@@ -347,6 +353,7 @@ impl Store {
         }
         Store {
             state: Mutex::new(st),
+            simulate_workloads: config.simulate_workloads,
         }
     }
 
@@ -434,7 +441,8 @@ impl Store {
         obj: Value,
         manager: &str,
     ) -> Result<Value, ApiError> {
-        self.lock().create(
+        let mut st = self.lock();
+        let result = st.create(
             rt,
             ns,
             obj,
@@ -442,7 +450,27 @@ impl Store {
                 manager,
                 apply_fields: None,
             },
-        )
+        );
+        self.after_write(&mut st, rt, result)
+    }
+
+    /// Runs the simulated workload controllers after a successful write.
+    fn after_write(
+        &self,
+        st: &mut State,
+        rt: &ResourceType,
+        result: Result<Value, ApiError>,
+    ) -> Result<Value, ApiError> {
+        if self.simulate_workloads
+            && rt.group == "apps"
+            && matches!(rt.plural.as_str(), "statefulsets" | "deployments")
+            && let Ok(obj) = &result
+        {
+            let ns = meta_str(obj, "namespace").unwrap_or_default().to_string();
+            let name = meta_str(obj, "name").unwrap_or_default().to_string();
+            st.simulate_workload(rt, &ns, &name);
+        }
+        result
     }
 
     /// PUT (of the object or its status).
@@ -469,7 +497,7 @@ impl Store {
         {
             return Err(ApiError::conflict(&rt.group, &rt.plural, name));
         }
-        st.commit_update(
+        let result = st.commit_update(
             rt,
             ns,
             name,
@@ -480,7 +508,8 @@ impl Store {
                 manager,
                 apply_fields: None,
             },
-        )
+        );
+        self.after_write(&mut st, rt, result)
     }
 
     /// PATCH in any of the four formats; apply creates the object when absent.
@@ -498,7 +527,8 @@ impl Store {
     ) -> Result<Value, ApiError> {
         let mut st = self.lock();
         if kind == PatchKind::Apply {
-            return st.apply(rt, ns, name, body, sub, manager, force);
+            let result = st.apply(rt, ns, name, body, sub, manager, force);
+            return self.after_write(&mut st, rt, result);
         }
         let old = st
             .get(rt, ns, name)
@@ -547,7 +577,7 @@ impl Store {
         if meta_str(&doc, "resourceVersion") != meta_str(&old, "resourceVersion") {
             return Err(ApiError::conflict(&rt.group, &rt.plural, name));
         }
-        st.commit_update(
+        let result = st.commit_update(
             rt,
             ns,
             name,
@@ -558,7 +588,8 @@ impl Store {
                 manager,
                 apply_fields: None,
             },
-        )
+        );
+        self.after_write(&mut st, rt, result)
     }
 
     /// DELETE one object: with finalizers it only gets a deletionTimestamp.
@@ -916,6 +947,52 @@ impl State {
             self.refresh_crd_types();
         }
         Ok(obj)
+    }
+
+    /// What the StatefulSet/Deployment controller would report once every pod is ready.
+    fn simulate_workload(&mut self, rt: &ResourceType, ns: &str, name: &str) {
+        let Some(obj) = self.get(rt, ns, name).cloned() else {
+            return;
+        };
+        if obj.pointer("/metadata/deletionTimestamp").is_some() {
+            return;
+        }
+        let replicas = obj
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let generation = obj
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let mut new = obj.clone();
+        let mut status = obj
+            .get("status")
+            .cloned()
+            .filter(Value::is_object)
+            .unwrap_or_else(|| json!({}));
+        for f in [
+            "replicas",
+            "readyReplicas",
+            "availableReplicas",
+            "updatedReplicas",
+        ] {
+            status[f] = json!(replicas);
+        }
+        status["observedGeneration"] = json!(generation);
+        if rt.plural == "statefulsets" {
+            let revision = format!("{name}-{generation}");
+            status["currentReplicas"] = json!(replicas);
+            status["currentRevision"] = json!(revision);
+            status["updateRevision"] = json!(revision);
+        }
+        new["status"] = status;
+        let w = Writer {
+            manager: "fake-workload-controller",
+            apply_fields: None,
+        };
+        // A status write of a live object fails only on validation, which built-ins skip.
+        let _ = self.commit_update(rt, ns, name, obj, new, Subresource::Status, &w);
     }
 
     /// Type-specific things the real server fills in.
@@ -1546,7 +1623,10 @@ mod tests {
     use super::*;
 
     fn store() -> Store {
-        Store::new(StoreConfig { history_limit: 100 })
+        Store::new(StoreConfig {
+            history_limit: 100,
+            simulate_workloads: false,
+        })
     }
 
     fn cm_type(s: &Store) -> ResourceType {
@@ -1595,6 +1675,50 @@ mod tests {
         assert_eq!(obj["data"], json!({"pw": "c2VjcmV0"}));
         assert_eq!(obj["type"], "Opaque");
         assert!(obj.get("stringData").is_none());
+    }
+
+    #[test]
+    fn simulated_workload_controller_reports_replicas_ready() {
+        let s = Store::new(StoreConfig {
+            history_limit: 100,
+            simulate_workloads: true,
+        });
+        let t = s.resolve("apps", "v1", "statefulsets").unwrap();
+        let sts = json!({"metadata": {"name": "ing"}, "spec": {"replicas": 3}});
+        s.patch(
+            &t,
+            "default",
+            "ing",
+            PatchKind::Apply,
+            &sts,
+            Subresource::Main,
+            "op",
+            true,
+        )
+        .unwrap();
+        let got = s.get(&t, "default", "ing").unwrap();
+        assert_eq!(got["status"]["readyReplicas"], 3);
+        assert_eq!(got["status"]["observedGeneration"], 1);
+        let scaled = json!({"spec": {"replicas": 5}});
+        s.patch(
+            &t,
+            "default",
+            "ing",
+            PatchKind::Merge,
+            &scaled,
+            Subresource::Main,
+            "op",
+            false,
+        )
+        .unwrap();
+        let got = s.get(&t, "default", "ing").unwrap();
+        assert_eq!(
+            (
+                got["status"]["readyReplicas"].clone(),
+                got["status"]["observedGeneration"].clone()
+            ),
+            (json!(5), json!(2))
+        );
     }
 
     #[test]
@@ -1801,7 +1925,10 @@ mod tests {
 
     #[test]
     fn watch_from_too_old_resource_version_is_expired() {
-        let s = Store::new(StoreConfig { history_limit: 2 });
+        let s = Store::new(StoreConfig {
+            history_limit: 2,
+            simulate_workloads: false,
+        });
         let t = cm_type(&s);
         let start = s.current_rv();
         for i in 0..5 {
