@@ -1316,6 +1316,9 @@ impl State {
                 r
             }
         };
+        if sub == Subresource::Main {
+            validate::immutable_fields(rt, &old, &result, name)?;
+        }
         if old.pointer("/metadata/deletionTimestamp").is_some() {
             let before = finalizers(&old);
             if finalizers(&result).iter().any(|f| !before.contains(f)) {
@@ -1718,6 +1721,59 @@ mod tests {
                 got["status"]["observedGeneration"].clone()
             ),
             (json!(5), json!(2))
+        );
+    }
+
+    #[test]
+    fn statefulset_spec_outside_the_mutable_fields_is_immutable() {
+        let s = store();
+        let t = s.resolve("apps", "v1", "statefulsets").unwrap();
+        let sts = json!({"metadata": {"name": "c"}, "spec": {"replicas": 1, "serviceName": "c",
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"resources": {"requests": {"storage": "50Gi"}}}}]}});
+        s.patch(
+            &t,
+            "default",
+            "c",
+            PatchKind::Apply,
+            &sts,
+            Subresource::Main,
+            "op",
+            true,
+        )
+        .unwrap();
+        let scale =
+            json!({"spec": {"replicas": 3, "template": {"metadata": {"labels": {"a": "b"}}}}});
+        s.patch(
+            &t,
+            "default",
+            "c",
+            PatchKind::Merge,
+            &scale,
+            Subresource::Main,
+            "op",
+            false,
+        )
+        .unwrap();
+        let resize = json!({"spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"},
+            "spec": {"resources": {"requests": {"storage": "80Gi"}}}}]}});
+        let err = s
+            .patch(
+                &t,
+                "default",
+                "c",
+                PatchKind::Merge,
+                &resize,
+                Subresource::Main,
+                "op",
+                false,
+            )
+            .unwrap_err();
+        assert_eq!(err.code, 422);
+        assert!(
+            err.message
+                .contains("updates to statefulset spec for fields other than"),
+            "{}",
+            err.message
         );
     }
 

@@ -70,6 +70,74 @@ fn default_into(schema: &Value, v: &mut Value, root: bool) {
     }
 }
 
+/// Rejects updates of fields Kubernetes makes immutable on the built-in types served here:
+/// a StatefulSet's spec other than replicas, ordinals, template, updateStrategy,
+/// persistentVolumeClaimRetentionPolicy and minReadySeconds; a Deployment's selector; a
+/// Service's clusterIP once set; a ConfigMap's or Secret's data once `immutable: true`.
+pub fn immutable_fields(
+    rt: &ResourceType,
+    old: &Value,
+    new: &Value,
+    name: &str,
+) -> Result<(), ApiError> {
+    let at = |v: &Value, p: &str| v.pointer(p).cloned().unwrap_or(Value::Null);
+    let cause = match (rt.group.as_str(), rt.plural.as_str()) {
+        ("apps", "statefulsets") => {
+            let strip = |v: &Value| {
+                let mut spec = at(v, "/spec");
+                if let Value::Object(m) = &mut spec {
+                    for f in [
+                        "replicas",
+                        "ordinals",
+                        "template",
+                        "updateStrategy",
+                        "persistentVolumeClaimRetentionPolicy",
+                        "minReadySeconds",
+                    ] {
+                        m.remove(f);
+                    }
+                }
+                spec
+            };
+            (strip(old) != strip(new)).then(|| ("spec".to_string(), "Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden".to_string()))
+        }
+        ("apps", "deployments") => {
+            (at(old, "/spec/selector") != at(new, "/spec/selector")).then(|| {
+                (
+                    "spec.selector".to_string(),
+                    "Invalid value: field is immutable".to_string(),
+                )
+            })
+        }
+        ("", "services") => {
+            let before = at(old, "/spec/clusterIP");
+            let after = at(new, "/spec/clusterIP");
+            (before.as_str().is_some_and(|s| !s.is_empty()) && after != before && !after.is_null())
+                .then(|| {
+                    (
+                        "spec.clusterIP".to_string(),
+                        "Invalid value: field is immutable".to_string(),
+                    )
+                })
+        }
+        ("", "configmaps" | "secrets") => (old.get("immutable") == Some(&Value::Bool(true))
+            && (old.get("data") != new.get("data")
+                || old.get("binaryData") != new.get("binaryData")
+                || new.get("immutable") != old.get("immutable")))
+        .then(|| {
+            (
+                "data".to_string(),
+                "Forbidden: field is immutable when `immutable` is set".to_string(),
+            )
+        }),
+        _ => None,
+    };
+    match cause {
+        Some(c) => Err(ApiError::invalid(&rt.kind, &rt.group, name, &[c])),
+        None => Ok(()),
+    }
+}
+
 /// Checks the shape of `metadata` fields the server interprets, for every type: labels and
 /// annotations are maps of strings, finalizers a list of strings, owner references complete.
 pub fn validate_metadata(rt: &ResourceType, obj: &Value, name: &str) -> Result<(), ApiError> {
