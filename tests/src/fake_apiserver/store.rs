@@ -155,7 +155,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            history_limit: 20_000,
+            history_limit: 5_000,
             simulate_workloads: false,
         }
     }
