@@ -1778,6 +1778,70 @@ mod tests {
     }
 
     #[test]
+    fn deleting_a_namespace_waits_for_its_contents() {
+        let s = store();
+        let ns = s.resolve("", "v1", "namespaces").unwrap();
+        let t = cm_type(&s);
+        s.create(&ns, "", json!({"metadata": {"name": "team"}}), "t")
+            .unwrap();
+        s.create(&t, "team", json!({"metadata": {"name": "plain"}}), "t")
+            .unwrap();
+        s.create(
+            &t,
+            "team",
+            json!({"metadata": {"name": "held", "finalizers": ["x/y"]}}),
+            "t",
+        )
+        .unwrap();
+        let terminating = s
+            .delete(&ns, "", "team", &DeleteOptions::default())
+            .unwrap();
+        assert_eq!(terminating["status"]["phase"], "Terminating");
+        assert_eq!(s.get(&t, "team", "plain").unwrap_err().code, 404);
+        let refused = s
+            .create(&t, "team", json!({"metadata": {"name": "new"}}), "t")
+            .unwrap_err();
+        assert_eq!(refused.code, 403);
+        let release = json!({"metadata": {"finalizers": null}});
+        s.patch(
+            &t,
+            "team",
+            "held",
+            PatchKind::Merge,
+            &release,
+            Subresource::Main,
+            "t",
+            false,
+        )
+        .unwrap();
+        assert_eq!(s.get(&ns, "", "team").unwrap_err().code, 404);
+    }
+
+    #[test]
+    fn orphan_deletion_keeps_dependents_without_the_owner_reference() {
+        let s = store();
+        let t = cm_type(&s);
+        let owner = s
+            .create(&t, "default", json!({"metadata": {"name": "o"}}), "t")
+            .unwrap();
+        let oref = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "o", "uid": owner["metadata"]["uid"]}]);
+        s.create(
+            &t,
+            "default",
+            json!({"metadata": {"name": "d", "ownerReferences": oref}}),
+            "t",
+        )
+        .unwrap();
+        let opts = DeleteOptions {
+            propagation: Some("Orphan".into()),
+            ..DeleteOptions::default()
+        };
+        s.delete(&t, "default", "o", &opts).unwrap();
+        let d = s.get(&t, "default", "d").unwrap();
+        assert!(d["metadata"].get("ownerReferences").is_none());
+    }
+
+    #[test]
     fn update_with_stale_resource_version_conflicts() {
         let s = store();
         let t = cm_type(&s);
