@@ -508,8 +508,9 @@ async fn merge_json_and_strategic_patches() {
         &PatchParams::apply("t"),
         &Patch::Apply(json!({
             "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "s"},
-            "spec": {"selector": {}, "serviceName": "s", "template": {"spec": {"containers": [
-                {"name": "a", "image": "a:1"}, {"name": "b", "image": "b:1"}]}}}
+            "spec": {"selector": {"matchLabels": {"app": "s"}}, "serviceName": "s", "template": {
+                "metadata": {"labels": {"app": "s"}},
+                "spec": {"containers": [{"name": "a", "image": "a:1"}, {"name": "b", "image": "b:1"}]}}}
         })),
     )
     .await
@@ -805,7 +806,8 @@ async fn deleting_an_owner_collects_its_dependents() {
         "apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": {"name": "grandchild", "ownerReferences": [
             {"apiVersion": "v1", "kind": "ConfigMap", "name": "child", "uid": child.uid().unwrap()}]},
-        "spec": {"selector": {}, "serviceName": "g", "template": {}}
+        "spec": {"selector": {"matchLabels": {"app": "g"}}, "serviceName": "g", "template": {
+            "metadata": {"labels": {"app": "g"}}, "spec": {"containers": [{"name": "g", "image": "g:1"}]}}}
     })))
     .await
     .unwrap();

@@ -918,6 +918,7 @@ impl State {
         self.server_defaults(rt, &mut obj)?;
         validate::apply_defaults(rt, &mut obj);
         validate::validate_metadata(rt, &obj, &name)?;
+        validate::validate_builtin(rt, &obj, &name)?;
         validate::validate_object(rt, &obj, &name)?;
         let fields = w
             .apply_fields
@@ -1344,6 +1345,7 @@ impl State {
             meta_mut(&mut result).insert("generation".into(), json!(g + 1));
         }
         validate::validate_metadata(rt, &result, name)?;
+        validate::validate_builtin(rt, &result, name)?;
         validate::validate_object(rt, &result, name)?;
 
         // managedFields: the writer gains what it changed (or exactly what it applied); others
@@ -1687,7 +1689,9 @@ mod tests {
             simulate_workloads: true,
         });
         let t = s.resolve("apps", "v1", "statefulsets").unwrap();
-        let sts = json!({"metadata": {"name": "ing"}, "spec": {"replicas": 3}});
+        let sts = json!({"metadata": {"name": "ing"}, "spec": {"replicas": 3,
+            "selector": {"matchLabels": {"app": "i"}},
+            "template": {"metadata": {"labels": {"app": "i"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
         s.patch(
             &t,
             "default",
@@ -1729,6 +1733,8 @@ mod tests {
         let s = store();
         let t = s.resolve("apps", "v1", "statefulsets").unwrap();
         let sts = json!({"metadata": {"name": "c"}, "spec": {"replicas": 1, "serviceName": "c",
+            "selector": {"matchLabels": {"app": "c"}},
+            "template": {"metadata": {"labels": {"app": "c"}}, "spec": {"containers": [{"name": "c", "image": "c"}]}},
             "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"resources": {"requests": {"storage": "50Gi"}}}}]}});
         s.patch(
             &t,

@@ -70,6 +70,72 @@ fn default_into(schema: &Value, v: &mut Value, root: bool) {
     }
 }
 
+/// The checks of the built-in workload types that catch real controller bugs: StatefulSets and
+/// Deployments need a selector matching their pod template's labels and containers with a name
+/// and an image.
+pub fn validate_builtin(rt: &ResourceType, obj: &Value, name: &str) -> Result<(), ApiError> {
+    if !(rt.group == "apps" && matches!(rt.plural.as_str(), "statefulsets" | "deployments")) {
+        return Ok(());
+    }
+    let mut causes = Vec::new();
+    let selector = obj.pointer("/spec/selector");
+    let match_labels = selector
+        .and_then(|s| s.get("matchLabels"))
+        .and_then(Value::as_object);
+    let has_expressions = selector
+        .and_then(|s| s.get("matchExpressions"))
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    if match_labels.is_none_or(|m| m.is_empty()) && !has_expressions {
+        causes.push((
+            "spec.selector".to_string(),
+            "Required value: empty selector is invalid for deployment"
+                .replace("deployment", &rt.singular),
+        ));
+    }
+    let labels = obj
+        .pointer("/spec/template/metadata/labels")
+        .and_then(Value::as_object);
+    if let Some(m) = match_labels
+        && m.iter()
+            .any(|(k, v)| labels.and_then(|l| l.get(k)) != Some(v))
+    {
+        let shown = labels
+            .map(|l| Value::Object(l.clone()).to_string())
+            .unwrap_or_else(|| "null".into());
+        causes.push((
+            "spec.template.metadata.labels".to_string(),
+            format!("Invalid value: {shown}: `selector` does not match template `labels`"),
+        ));
+    }
+    match obj
+        .pointer("/spec/template/spec/containers")
+        .and_then(Value::as_array)
+    {
+        Some(cs) if !cs.is_empty() => {
+            for (i, c) in cs.iter().enumerate() {
+                for f in ["name", "image"] {
+                    if c.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
+                        causes.push((
+                            format!("spec.template.spec.containers[{i}].{f}"),
+                            "Required value".to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+        _ => causes.push((
+            "spec.template.spec.containers".to_string(),
+            "Required value".to_string(),
+        )),
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(&rt.kind, &rt.group, name, &causes))
+    }
+}
+
 /// Rejects updates of fields Kubernetes makes immutable on the built-in types served here:
 /// a StatefulSet's spec other than replicas, ordinals, template, updateStrategy,
 /// persistentVolumeClaimRetentionPolicy and minReadySeconds; a Deployment's selector; a
