@@ -1252,6 +1252,14 @@ async fn garbage_requests_never_crash_the_server() {
         let queries = ["", "?watch=true&timeoutSeconds=0", "?labelSelector=a%20in%20(", "?fieldManager=f&force=true",
                        "?limit=x", "?continue=zz", "?resourceVersion=abc&watch=1&timeoutSeconds=0", "?fieldSelector=x"];
         let mut failures = Vec::new();
+        // A watch deadline far in the future must not overflow; the stream opens and is dropped.
+        for q in ["timeoutSeconds=18446744073709551615", "timeoutSeconds=99999999999999999999"] {
+            let resp = agent.get(format!("{url}{}?watch=true&{q}", paths[0])).call();
+            match resp {
+                Ok(r) if r.status().as_u16() < 500 => {}
+                other => failures.push(format!("watch with {q}: {other:?}")),
+            }
+        }
         for _ in 0..600 {
             let method = noise.pick(&["GET", "POST", "PUT", "PATCH", "DELETE"]);
             let path = format!("{url}{}{}", noise.pick(&paths), noise.pick(&queries));

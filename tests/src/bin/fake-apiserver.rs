@@ -57,7 +57,10 @@ fn parse_args() -> Result<Args, String> {
                 if !(secs > 0.0 && secs.is_finite()) {
                     return Err(format!("--bookmark-interval {value:?}: must be positive"));
                 }
-                args.config.bookmark_interval = Duration::from_secs_f64(secs);
+                args.config.bookmark_interval = Duration::try_from_secs_f64(secs)
+                    .ok()
+                    .filter(|d| *d <= Duration::from_secs(86_400))
+                    .ok_or_else(|| format!("--bookmark-interval {value:?}: at most one day"))?;
             }
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }

@@ -680,9 +680,11 @@ fn watch(app: &App, req: &Req, t: &Target<'_>) -> Result<Response, ApiError> {
     let as_table = req.wants_table();
     let bookmarks = req.flag("allowWatchBookmarks");
     let timeout = match req.param("timeoutSeconds") {
+        // Capped at a day so that the deadline never overflows.
         Some(s) => Duration::from_secs(
             s.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {s:?}")))?,
+                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {s:?}")))?
+                .min(86_400),
         ),
         None => Duration::from_secs(1800),
     };
