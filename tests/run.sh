@@ -20,9 +20,12 @@ if ! command -v kubectl >/dev/null; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
     kubernetes-client >/dev/null
 fi
-if ! command -v moto_server >/dev/null; then
-  echo "== installing moto server (PyPI)"
-  python3 -m pip install -q 'moto[server]'
+# moto before 5.2.2 answers CompleteMultipartUpload with a wrong XML root (getmoto/moto#10055),
+# which the AWS SDK rejects; older installs are upgraded.
+if ! command -v moto_server >/dev/null ||
+   ! python3 -c 'import sys, moto; sys.exit(tuple(map(int, moto.__version__.split(".")[:3])) < (5, 2, 2))' 2>/dev/null; then
+  echo "== installing moto server >= 5.2.2 (PyPI)"
+  python3 -m pip install -q -U 'moto[server]>=5.2.2'
 fi
 promtool --version | head -1
 

@@ -17,6 +17,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Config, Resource, ResourceExt};
+use rimir_e2e::ChildGuard;
 use rimir_e2e::fake_apiserver::{FakeApiServer, ServerConfig, StoreConfig};
 use serde_json::{Value, json};
 
@@ -1122,16 +1123,6 @@ async fn table_output_for_lists_and_watch_events() {
     assert_eq!(first_event["type"], "ADDED");
     assert_eq!(first_event["object"]["kind"], "Table");
     assert_eq!(first_event["object"]["rows"][0]["cells"][0], "t1");
-}
-
-/// Kills the child process when the test ends, however it ends.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]

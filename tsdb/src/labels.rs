@@ -85,7 +85,13 @@ impl Labels {
         const PRIME: u64 = 0x0000_0100_0000_01b3;
         let mut h = OFFSET;
         for l in &self.0 {
-            for b in l.name.bytes().chain([0xff]).chain(l.value.bytes()).chain([0xff]) {
+            for b in l
+                .name
+                .bytes()
+                .chain([0xff])
+                .chain(l.value.bytes())
+                .chain([0xff])
+            {
                 h ^= u64::from(b);
                 h = h.wrapping_mul(PRIME);
             }
@@ -181,13 +187,15 @@ impl Matcher {
         let name = name.into();
         let value = value.into();
         let re = match kind {
-            MatchType::Regex | MatchType::NotRegex => Some(
-                Regex::new(&format!("^(?s:{value})$")).map_err(|e| MatcherError::InvalidRegex {
-                    name: name.clone(),
-                    pattern: value.clone(),
-                    source: Box::new(e),
-                })?,
-            ),
+            MatchType::Regex | MatchType::NotRegex => {
+                Some(Regex::new(&format!("^(?s:{value})$")).map_err(|e| {
+                    MatcherError::InvalidRegex {
+                        name: name.clone(),
+                        pattern: value.clone(),
+                        source: Box::new(e),
+                    }
+                })?)
+            }
             _ => None,
         };
         Ok(Self {
@@ -271,6 +279,9 @@ mod tests {
         let a = Labels::from_pairs([("ab", "c")]);
         let b = Labels::from_pairs([("a", "bc")]);
         assert_ne!(a.stable_hash(), b.stable_hash());
-        assert_eq!(a.stable_hash(), Labels::from_pairs([("ab", "c")]).stable_hash());
+        assert_eq!(
+            a.stable_hash(),
+            Labels::from_pairs([("ab", "c")]).stable_hash()
+        );
     }
 }

@@ -5,16 +5,27 @@
 //! Layering: `encoding` and `labels` → `chunkenc`, `chunks`, `index` → `block` → `head`, `wal`,
 //! `compact` → `objstore` → the server roles. Lower modules never call upper ones.
 
+pub mod api;
 pub mod block;
 pub mod chunkenc;
 pub mod chunks;
 pub mod cli;
 pub mod compact;
+pub mod compactor;
+pub mod config;
+pub mod distributor;
 pub mod encoding;
+pub mod grpc;
 pub mod head;
 pub mod index;
+pub mod ingester;
 pub mod labels;
+pub mod metrics;
 pub mod objstore;
 pub mod openmetrics;
+pub mod ring;
 pub mod series;
+pub mod server;
+pub mod storage;
+
 pub mod wal;

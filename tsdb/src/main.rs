@@ -1,5 +1,111 @@
-//! The `rimir` binary: every server role and the `rimir tsdb` tools.
+//! The `rimir` binary: every server role (`--target=all|distributor|ingester|querier|compactor`)
+//! and the `rimir tsdb …` tools.
 
-fn main() {
-    println!("rimir");
+use std::process::ExitCode;
+
+use clap::Parser;
+use rimir_tsdb::config::Flags;
+
+/// rimir: a Mimir-compatible metrics backend.
+#[derive(Debug, Parser)]
+#[command(name = "rimir", version, about)]
+struct Cli {
+    #[command(flatten)]
+    flags: Flags,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `rimir tsdb …`: the offline block tools (`rimir_tsdb::cli`).
+    if args.get(1).is_some_and(|a| a == "tsdb") {
+        let rest: Vec<String> = args[2..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return match rimir_tsdb::cli::run(&rest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rimir tsdb: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // Mimir spells flags with one dash (`-target=all`); accept both.
+    let args = args.into_iter().map(|a| match a.to_str() {
+        Some(s) if s.len() > 2 && s.starts_with('-') && !s.starts_with("--") => {
+            format!("-{s}").into()
+        }
+        _ => a,
+    });
+    let cli = Cli::parse_from(args);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = match cli.flags.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rimir: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if cli.flags.print_config {
+        print!("{}", cfg.to_yaml());
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rimir: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if cli.flags.compactor_run_once {
+        return rt.block_on(async move {
+            let c = match rimir_tsdb::server::open_compactor(&cfg).await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("rimir: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match c.run_once().await {
+                Ok(r) => {
+                    println!(
+                        "compaction done: tenants={} jobs={} written={:?} marked={} deleted={} \
+                         partials_deleted={} skipped={} bytes_plain={} bytes_stored={} data_dir_peak_bytes={}",
+                        r.tenants, r.jobs, r.blocks_written, r.marked, r.deleted, r.partials_deleted,
+                        r.skipped.len(), r.bytes_plain, r.bytes_stored, r.data_dir_peak_bytes
+                    );
+                    for s in &r.skipped {
+                        println!("skipped: {s}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rimir: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        });
+    }
+    rt.block_on(async move {
+        let running = match rimir_tsdb::server::start(cfg, rimir_tsdb::storage::open).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("rimir: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        rimir_tsdb::server::termination().await;
+        tracing::info!("shutting down");
+        running.shutdown().await;
+        ExitCode::SUCCESS
+    })
 }

@@ -22,10 +22,10 @@ pub fn merge_samples(lists: &[&[Sample]]) -> Vec<Sample> {
     loop {
         let mut best: Option<(usize, i64)> = None;
         for (i, l) in lists.iter().enumerate() {
-            if let Some(&(t, _)) = l.get(idx[i]) {
-                if best.is_none_or(|(_, bt)| t < bt) {
-                    best = Some((i, t));
-                }
+            if let Some(&(t, _)) = l.get(idx[i])
+                && best.is_none_or(|(_, bt)| t < bt)
+            {
+                best = Some((i, t));
             }
         }
         let Some((i, t)) = best else { break };

@@ -1,0 +1,286 @@
+//! One series in the head: its labels, closed XOR chunks, the chunk being appended to, and (with
+//! an out-of-order window) the samples that arrived late.
+
+use super::labelkey::LabelKey;
+use crate::chunkenc::{MAX_SAMPLES_PER_CHUNK, XorChunk, compute_chunk_end_time};
+use crate::labels::Labels;
+use crate::series::{Sample, merge_samples};
+
+/// A full chunk, kept as its encoded bytes.
+#[derive(Debug)]
+pub(crate) struct ClosedChunk {
+    pub(crate) min_t: i64,
+    pub(crate) max_t: i64,
+    pub(crate) data: Box<[u8]>,
+}
+
+/// The chunk being appended to and the time at which it is cut.
+#[derive(Debug)]
+pub(crate) struct OpenChunk {
+    pub(crate) chunk: XorChunk,
+    next_at: i64,
+}
+
+/// What storing a sample did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// Appended in order.
+    InOrder,
+    /// Kept among the out-of-order samples.
+    OutOfOrder,
+    /// Same timestamp as a stored sample: not stored again.
+    Duplicate,
+}
+
+#[derive(Debug)]
+pub(crate) struct MemSeries {
+    pub(crate) labels: LabelKey,
+    pub(crate) closed: Vec<ClosedChunk>,
+    pub(crate) open: Option<OpenChunk>,
+    /// Latest in-order sample.
+    pub(crate) last: Option<Sample>,
+    /// Late samples (inside the out-of-order window), sorted by time, unique timestamps.
+    pub(crate) ooo: Vec<Sample>,
+}
+
+/// End of the `range`-wide, epoch-aligned time range holding `t` (chunks never cross it, so a
+/// 2h block cut never splits a chunk).
+fn range_end(t: i64, range: i64) -> i64 {
+    t.div_euclid(range).saturating_add(1).saturating_mul(range)
+}
+
+impl MemSeries {
+    pub(crate) fn new(labels: &Labels) -> Self {
+        Self {
+            labels: LabelKey::new(labels),
+            closed: Vec::new(),
+            open: None,
+            last: None,
+            ooo: Vec::new(),
+        }
+    }
+
+    /// Stores a sample that passed validation (or comes from the WAL): newer than the latest one
+    /// goes into the open chunk, cutting it like Prometheus does (aiming at
+    /// [`MAX_SAMPLES_PER_CHUNK`] samples, never across a `chunk_range` boundary); older goes to the
+    /// out-of-order list; an already stored timestamp is a duplicate.
+    pub(crate) fn store(&mut self, t: i64, v: f64, chunk_range: i64) -> Stored {
+        match self.last {
+            Some((lt, _)) if t == lt => return Stored::Duplicate,
+            Some((lt, _)) if t < lt => {
+                return match self.ooo.binary_search_by_key(&t, |s| s.0) {
+                    Ok(_) => Stored::Duplicate,
+                    Err(i) => {
+                        self.ooo.insert(i, (t, v));
+                        Stored::OutOfOrder
+                    }
+                };
+            }
+            _ => {}
+        }
+        let cut = match &mut self.open {
+            None => true,
+            Some(o) => {
+                let n = o.chunk.num_samples();
+                if n == MAX_SAMPLES_PER_CHUNK / 4
+                    && let (Some(min), Some(max)) = (o.chunk.min_time(), o.chunk.max_time())
+                {
+                    o.next_at = compute_chunk_end_time(min, max, o.next_at);
+                }
+                t >= o.next_at || n >= 2 * MAX_SAMPLES_PER_CHUNK
+            }
+        };
+        if cut {
+            if let Some(o) = self.open.take() {
+                self.close(o);
+            }
+            self.open = Some(OpenChunk {
+                chunk: XorChunk::new(),
+                next_at: range_end(t, chunk_range),
+            });
+        }
+        if let Some(o) = self.open.as_mut() {
+            o.chunk.append(t, v);
+        }
+        self.last = Some((t, v));
+        Stored::InOrder
+    }
+
+    fn close(&mut self, o: OpenChunk) {
+        let (Some(min_t), Some(max_t)) = (o.chunk.min_time(), o.chunk.max_time()) else {
+            return;
+        };
+        self.closed.push(ClosedChunk {
+            min_t,
+            max_t,
+            data: o.chunk.into_bytes().into_boxed_slice(),
+        });
+    }
+
+    /// Copies what is needed to read samples in `[mint, maxt]` (chunk bytes, late samples), so
+    /// decoding can happen outside the head's lock.
+    pub(crate) fn snapshot(&self, mint: i64, maxt: i64) -> SeriesSnapshot {
+        let mut chunks: Vec<Vec<u8>> = self
+            .closed
+            .iter()
+            .filter(|c| c.max_t >= mint && c.min_t <= maxt)
+            .map(|c| c.data.to_vec())
+            .collect();
+        if let Some(o) = &self.open
+            && let (Some(min), Some(max)) = (o.chunk.min_time(), o.chunk.max_time())
+            && max >= mint
+            && min <= maxt
+        {
+            chunks.push(o.chunk.bytes().to_vec());
+        }
+        let ooo = self
+            .ooo
+            .iter()
+            .filter(|s| s.0 >= mint && s.0 <= maxt)
+            .copied()
+            .collect();
+        SeriesSnapshot {
+            labels: self.labels.to_labels(),
+            chunks,
+            ooo,
+        }
+    }
+
+    /// Drops chunks and late samples entirely before `t`; returns how many samples went.
+    pub(crate) fn truncate_before(&mut self, t: i64) -> u64 {
+        let mut dropped = 0u64;
+        self.closed.retain(|c| {
+            let keep = c.max_t >= t;
+            if !keep {
+                dropped += u64::from(u16::from_be_bytes([c.data[0], c.data[1]]));
+            }
+            keep
+        });
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.chunk.max_time().is_some_and(|m| m < t))
+        {
+            dropped += self.open.take().map_or(0, |o| o.chunk.num_samples() as u64);
+        }
+        let before = self.ooo.len();
+        self.ooo.retain(|s| s.0 >= t);
+        dropped += (before - self.ooo.len()) as u64;
+        dropped
+    }
+
+    /// Whether no samples are left.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.closed.is_empty() && self.open.is_none() && self.ooo.is_empty()
+    }
+
+    /// Earliest stored timestamp.
+    pub(crate) fn min_time(&self) -> Option<i64> {
+        let chunk_min = self
+            .closed
+            .first()
+            .map(|c| c.min_t)
+            .or_else(|| self.open.as_ref().and_then(|o| o.chunk.min_time()));
+        match (chunk_min, self.ooo.first()) {
+            (Some(a), Some(b)) => Some(a.min(b.0)),
+            (a, b) => a.or(b.map(|s| s.0)),
+        }
+    }
+
+    /// Heap and inline bytes this series holds (labels, chunks, late samples).
+    pub(crate) fn memory_bytes(&self) -> usize {
+        let labels = self.labels.heap_bytes();
+        let closed: usize = self
+            .closed
+            .iter()
+            .map(|c| std::mem::size_of::<ClosedChunk>() + c.data.len())
+            .sum::<usize>()
+            + (self.closed.capacity() - self.closed.len()) * std::mem::size_of::<ClosedChunk>();
+        let open = self
+            .open
+            .as_ref()
+            .map_or(0, |o| o.chunk.bytes().len().max(128));
+        std::mem::size_of::<Self>()
+            + labels
+            + closed
+            + open
+            + self.ooo.capacity() * std::mem::size_of::<Sample>()
+    }
+}
+
+/// A copy of one series' data for a time range, decoded outside the head's lock.
+pub(crate) struct SeriesSnapshot {
+    pub(crate) labels: Labels,
+    chunks: Vec<Vec<u8>>,
+    ooo: Vec<Sample>,
+}
+
+impl SeriesSnapshot {
+    /// Samples with `mint <= t <= maxt`, sorted, unique timestamps.
+    pub(crate) fn samples(&self, mint: i64, maxt: i64) -> Vec<Sample> {
+        let mut in_order = Vec::new();
+        for c in &self.chunks {
+            for s in crate::chunkenc::decode_xor(c) {
+                match s {
+                    Ok(s) if s.0 >= mint && s.0 <= maxt => in_order.push(s),
+                    Ok(_) => {}
+                    Err(e) => {
+                        // The head wrote these bytes itself; report rather than panic.
+                        tracing::error!(series = %self.labels, "decoding head chunk: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        if self.ooo.is_empty() {
+            in_order
+        } else {
+            merge_samples(&[&in_order, &self.ooo])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H2: i64 = 2 * 3600 * 1000;
+
+    #[test]
+    fn chunks_are_cut_near_120_samples_and_at_range_boundaries() {
+        let mut s = MemSeries::new(&Labels::default());
+        // 15 s scrape over 4 hours: 960 samples, two 2h ranges.
+        for i in 0..960 {
+            assert_eq!(s.store(i * 15_000, i as f64, H2), Stored::InOrder);
+        }
+        let mut sizes: Vec<u16> = s
+            .closed
+            .iter()
+            .map(|c| u16::from_be_bytes([c.data[0], c.data[1]]))
+            .collect();
+        sizes.push(s.open.as_ref().unwrap().chunk.num_samples() as u16);
+        assert_eq!(sizes, vec![120; 8]);
+        assert!(s.closed.iter().all(|c| c.min_t / H2 == c.max_t / H2));
+        let snap = s.snapshot(0, i64::MAX);
+        assert_eq!(snap.samples(0, i64::MAX).len(), 960);
+    }
+
+    #[test]
+    fn late_samples_merge_and_duplicates_are_not_stored_twice() {
+        let mut s = MemSeries::new(&Labels::default());
+        assert_eq!(s.store(100, 1.0, H2), Stored::InOrder);
+        assert_eq!(s.store(300, 3.0, H2), Stored::InOrder);
+        assert_eq!(s.store(200, 2.0, H2), Stored::OutOfOrder);
+        assert_eq!(s.store(200, 9.0, H2), Stored::Duplicate);
+        assert_eq!(s.store(300, 9.0, H2), Stored::Duplicate);
+        let got = s.snapshot(0, 1000).samples(0, 1000);
+        assert_eq!(got, vec![(100, 1.0), (200, 2.0), (300, 3.0)]);
+        assert_eq!(
+            s.truncate_before(250),
+            1,
+            "the late sample goes, the chunk holding 300 stays"
+        );
+        assert_eq!(s.ooo, vec![]);
+        assert_eq!(s.min_time(), Some(100));
+    }
+}

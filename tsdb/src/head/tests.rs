@@ -1,0 +1,365 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::labels::MatchType;
+
+fn l(name: &str, job: &str) -> Labels {
+    Labels::from_pairs([("__name__", name), ("job", job)])
+}
+
+fn open(dir: &Path) -> (Head, ReplayReport) {
+    Head::open(dir, HeadOptions::default()).unwrap()
+}
+
+#[test]
+fn appended_samples_are_selected_by_matchers_sorted_by_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let (head, _) = open(dir.path());
+    let s = head
+        .append(&[
+            (l("up", "b"), vec![(10, 1.0), (20, 2.0)]),
+            (l("up", "a"), vec![(10, 3.0)]),
+            (l("down", "a"), vec![(15, 4.0)]),
+        ])
+        .unwrap();
+    assert_eq!((s.samples_appended, s.series_created), (4, 3));
+    let got = head.select(&[Matcher::equal("__name__", "up")], 0, 100);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].labels, l("up", "a"));
+    assert_eq!(got[1].samples, vec![(10, 1.0), (20, 2.0)]);
+    let re = Matcher::new(MatchType::Regex, "job", "a").unwrap();
+    let ne = Matcher::new(MatchType::NotEqual, "__name__", "up").unwrap();
+    let got = head.select(&[re, ne], 0, 100);
+    assert_eq!(
+        got.iter().map(|s| s.labels.clone()).collect::<Vec<_>>(),
+        vec![l("down", "a")]
+    );
+    // Both ends inclusive; series without samples in range are left out.
+    assert_eq!(
+        head.select(&[Matcher::equal("job", "b")], 20, 20)[0].samples,
+        vec![(20, 2.0)]
+    );
+    assert!(
+        head.select(&[Matcher::equal("job", "a")], 16, 100)
+            .is_empty()
+    );
+    assert_eq!(head.label_names(), vec!["__name__", "job"]);
+    assert_eq!(head.label_values("job"), vec!["a", "b"]);
+    assert_eq!((head.min_time(), head.max_time()), (Some(10), Some(20)));
+    assert_eq!((head.num_series(), head.num_samples()), (3, 4));
+}
+
+#[test]
+fn out_of_order_sample_is_rejected_naming_series_and_timestamps_rest_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (head, _) = open(dir.path());
+    head.append(&[(l("up", "a"), vec![(100, 1.0)])]).unwrap();
+    let s = head
+        .append(&[
+            (
+                l("up", "a"),
+                vec![(50, 9.0), (100, 1.0), (100, 2.0), (200, 3.0)],
+            ),
+            (l("up", "b"), vec![(10, 1.0)]),
+        ])
+        .unwrap();
+    assert_eq!(s.samples_appended, 2);
+    assert_eq!(s.samples_duplicate, 1);
+    assert_eq!(s.rejected.len(), 1);
+    let r = &s.rejected[0];
+    assert_eq!(r.index, 0);
+    assert_eq!(
+        r.counts,
+        vec![
+            (RejectReason::SampleOutOfOrder, 1),
+            (RejectReason::DuplicateTimestamp, 1)
+        ]
+    );
+    assert!(
+        r.message.contains("err-mimir-sample-out-of-order"),
+        "{}",
+        r.message
+    );
+    assert!(r.message.contains("timestamp 50"), "{}", r.message);
+    assert!(
+        r.message.contains("latest timestamp is 100"),
+        "{}",
+        r.message
+    );
+    assert!(
+        r.message.contains(r#"{__name__="up", job="a"}"#),
+        "{}",
+        r.message
+    );
+    let got = head.select(&[Matcher::equal("job", "a")], 0, 1000);
+    assert_eq!(got[0].samples, vec![(100, 1.0), (200, 3.0)]);
+}
+
+#[test]
+fn samples_inside_the_out_of_order_window_are_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = HeadOptions {
+        out_of_order_window_ms: 100,
+        ..Default::default()
+    };
+    let (head, _) = Head::open(dir.path(), opts.clone()).unwrap();
+    head.append(&[(l("up", "a"), vec![(1000, 1.0), (1010, 2.0)])])
+        .unwrap();
+    let s = head
+        .append(&[(
+            l("up", "a"),
+            vec![(950, 0.5), (915, 0.4), (800, 0.1), (1000, 7.0), (950, 0.5)],
+        )])
+        .unwrap();
+    assert_eq!(s.samples_appended, 2);
+    assert_eq!(s.samples_duplicate, 1);
+    assert_eq!(
+        s.rejected[0].counts,
+        vec![
+            (RejectReason::SampleOutOfOrder, 1),
+            (RejectReason::DuplicateTimestamp, 1)
+        ]
+    );
+    let want = vec![(915, 0.4), (950, 0.5), (1000, 1.0), (1010, 2.0)];
+    assert_eq!(
+        head.select(&[Matcher::equal("job", "a")], 0, 2000)[0].samples,
+        want
+    );
+    drop(head);
+    let (head, report) = Head::open(dir.path(), opts).unwrap();
+    assert_eq!(report.samples, 4);
+    assert_eq!(
+        head.select(&[Matcher::equal("job", "a")], 0, 2000)[0].samples,
+        want
+    );
+}
+
+#[test]
+fn reopening_replays_every_acknowledged_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let want;
+    {
+        let (head, report) = open(dir.path());
+        assert_eq!(report.samples, 0);
+        for round in 0..50i64 {
+            let batch: Vec<(Labels, Vec<Sample>)> = (0..20)
+                .map(|i| {
+                    (
+                        l("m", &format!("j{i}")),
+                        vec![(round * 15_000, (round * i) as f64)],
+                    )
+                })
+                .collect();
+            head.append(&batch).unwrap();
+        }
+        want = head.select(&[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX);
+        assert_eq!(want.len(), 20);
+    }
+    let (head, report) = open(dir.path());
+    assert_eq!((report.series, report.samples), (20, 1000));
+    assert!(report.corruption.is_none());
+    assert_eq!(
+        head.select(&[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX),
+        want
+    );
+    // References continue after the replayed ones: a new series does not collide.
+    head.append(&[(l("new", "x"), vec![(1, 1.0)])]).unwrap();
+    drop(head);
+    let (head, _) = open(dir.path());
+    assert_eq!(head.num_series(), 21);
+}
+
+#[test]
+fn truncation_drops_old_data_checkpoints_and_rejects_older_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let h2 = DEFAULT_CHUNK_RANGE_MS;
+    let (head, _) = open(dir.path());
+    // "old" only has samples in the first 2h; "live" spans both ranges.
+    for i in 0..480i64 {
+        let t = i * 30_000;
+        let mut batch = vec![(l("live", "a"), vec![(t, i as f64)])];
+        if t < h2 {
+            batch.push((l("old", "a"), vec![(t, 1.0)]));
+        }
+        head.append(&batch).unwrap();
+    }
+    let block = head.series_for_block(0, h2);
+    assert_eq!(block.len(), 2);
+    assert!(
+        block
+            .iter()
+            .all(|(_, s)| s.len() == 240 && s.last().unwrap().0 < h2)
+    );
+    head.truncate_before(h2).unwrap();
+    assert_eq!(head.num_series(), 1);
+    assert_eq!(head.num_samples(), 240);
+    assert_eq!(head.min_time(), Some(h2));
+    assert_eq!(head.label_values("__name__"), vec!["live"]);
+    let s = head
+        .append(&[(l("late", "a"), vec![(h2 - 1, 1.0), (h2 + 5, 1.0)])])
+        .unwrap();
+    assert_eq!(
+        s.rejected[0].counts,
+        vec![(RejectReason::SampleOutOfBounds, 1)]
+    );
+    assert!(
+        dir.path()
+            .join("wal")
+            .join(format!("checkpoint.{:08}", 0))
+            .exists()
+    );
+    drop(head);
+    let (head, report) = open(dir.path());
+    assert!(report.checkpoint.is_some());
+    assert_eq!(head.num_series(), 2);
+    assert_eq!(head.num_samples(), 241);
+    assert_eq!(head.series_for_block(0, h2).len(), 0);
+    // The bound is not persisted; the owner restores it from its newest block.
+    head.set_min_valid_time(h2);
+    let s = head
+        .append(&[(l("late", "b"), vec![(h2 - 1, 1.0)])])
+        .unwrap();
+    assert_eq!(
+        s.rejected[0].counts,
+        vec![(RejectReason::SampleOutOfBounds, 1)]
+    );
+    assert!(
+        s.rejected[0]
+            .message
+            .contains("err-mimir-sample-timestamp-too-old")
+    );
+}
+
+#[test]
+fn concurrent_appenders_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let (head, _) = open(dir.path());
+    let head = Arc::new(head);
+    let threads: Vec<_> = (0..4)
+        .map(|k| {
+            let head = head.clone();
+            std::thread::spawn(move || {
+                for t in 0..100i64 {
+                    let batch = vec![
+                        (l("c", &format!("t{k}")), vec![(t, t as f64)]),
+                        (l("shared", "x"), vec![(t * 4 + k, 1.0)]),
+                    ];
+                    head.append(&batch).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(head.num_series(), 5);
+    drop(Arc::try_unwrap(head).unwrap());
+    let (head, _) = open(dir.path());
+    for k in 0..4 {
+        let s = head.select(&[Matcher::equal("job", format!("t{k}"))], 0, 1000);
+        assert_eq!(s[0].samples.len(), 100);
+    }
+}
+
+#[test]
+fn memory_per_series_stays_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let (head, _) = open(dir.path());
+    let n = 1000;
+    for round in 0..120i64 {
+        let batch: Vec<(Labels, Vec<Sample>)> = (0..n)
+            .map(|i| {
+                let labels = Labels::from_pairs([
+                    ("__name__", "node_cpu_seconds_total".to_string()),
+                    ("cpu", (i % 16).to_string()),
+                    ("instance", format!("host-{}:9100", i / 16)),
+                    ("job", "node".to_string()),
+                    ("mode", "idle".to_string()),
+                ]);
+                (labels, vec![(round * 15_000, (round * 7 + i) as f64)])
+            })
+            .collect();
+        head.append(&batch).unwrap();
+    }
+    let per_series = head.memory_bytes() / head.num_series();
+    assert!(
+        per_series > 300 && per_series < 2500,
+        "{per_series} bytes per series"
+    );
+}
+
+#[test]
+fn series_with_colliding_label_hashes_stay_apart() {
+    let mut d = HeadData::default();
+    let (a, b, c) = (l("a", "x"), l("b", "x"), l("c", "x"));
+    assert!(d.insert_series_hashed(1, a.clone(), 7));
+    assert!(d.insert_series_hashed(2, b.clone(), 7));
+    assert!(d.insert_series_hashed(3, c.clone(), 7));
+    assert!(
+        !d.insert_series_hashed(4, b.clone(), 7),
+        "same labels: alias"
+    );
+    assert_eq!(d.aliases.get(&4), Some(&2));
+    assert_eq!(
+        (d.lookup(&a, 7), d.lookup(&b, 7), d.lookup(&c, 7)),
+        (Some(1), Some(2), Some(3))
+    );
+    d.remove_series_hashed(1, 7);
+    assert_eq!(
+        (d.lookup(&a, 7), d.lookup(&b, 7), d.lookup(&c, 7)),
+        (None, Some(2), Some(3))
+    );
+    d.remove_series_hashed(2, 7);
+    d.remove_series_hashed(3, 7);
+    assert!(d.by_hash.is_empty() && d.collisions.is_empty());
+}
+
+#[test]
+fn truncation_concurrent_with_appends_keeps_every_recent_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = HeadOptions {
+        wal: WalOptions {
+            segment_size: 2 * crate::wal::PAGE_SIZE,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (head, _) = Head::open(dir.path(), opts.clone()).unwrap();
+    let head = Arc::new(head);
+    let writer = {
+        let head = head.clone();
+        std::thread::spawn(move || {
+            for t in 1..=600i64 {
+                let batch: Vec<_> = (0..10)
+                    .map(|i| {
+                        (
+                            l("conc", &format!("s{i}")),
+                            vec![(t * 1000, (t + i) as f64)],
+                        )
+                    })
+                    .collect();
+                head.append(&batch).unwrap();
+            }
+        })
+    };
+    let mut cut = 0;
+    while !writer.is_finished() {
+        let max = head.max_time().unwrap_or(0);
+        cut = cut.max(max - 50_000);
+        head.truncate_before(cut).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    writer.join().unwrap();
+    drop(Arc::try_unwrap(head).unwrap());
+    let (head, report) = Head::open(dir.path(), opts).unwrap();
+    assert!(report.checkpoint.is_some(), "no checkpoint was written");
+    for i in 0..10i64 {
+        let s = head.select(&[Matcher::equal("job", format!("s{i}"))], cut, i64::MAX);
+        let want: Vec<Sample> = (1..=600i64)
+            .filter(|t| t * 1000 >= cut)
+            .map(|t| (t * 1000, (t + i) as f64))
+            .collect();
+        assert_eq!(s[0].samples, want, "series s{i} after cut {cut}");
+    }
+}
