@@ -228,6 +228,8 @@ pub fn error_code(e: &Error) -> Option<&str> {
 }
 
 #[cfg(test)]
+mod least_privilege;
+#[cfg(test)]
 pub(crate) mod moto;
 
 #[cfg(test)]
