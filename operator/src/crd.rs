@@ -539,6 +539,33 @@ pub fn is_duration(s: &str) -> bool {
     true
 }
 
+/// Parses a Prometheus-style duration (`30s`, `5m`, `1h30m`) for command-line flags.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    if !is_duration(s) {
+        return None;
+    }
+    let mut total = 0u64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit_ms, len) = match rest.as_bytes() {
+            [b'm', b's', ..] => (1, 2),
+            [b's', ..] => (1_000, 1),
+            [b'm', ..] => (60_000, 1),
+            [b'h', ..] => (3_600_000, 1),
+            [b'd', ..] => (86_400_000, 1),
+            [b'w', ..] => (604_800_000, 1),
+            [b'y', ..] => (31_536_000_000, 1),
+            _ => (0, 0),
+        };
+        total = total.checked_add(n.checked_mul(unit_ms)?)?;
+        rest = &rest[len..];
+    }
+    Some(std::time::Duration::from_millis(total))
+}
+
 /// A Kubernetes quantity in the forms volume sizes use (`50Gi`, `1.5T`, `1000000`).
 pub fn is_quantity(s: &str) -> bool {
     let num_len = s
@@ -674,6 +701,15 @@ mod tests {
         for d in ["0", "30d", "1y2w", "90m", "500ms"] {
             assert!(is_duration(d), "{d}");
         }
+        assert_eq!(
+            parse_duration("1h30m"),
+            Some(std::time::Duration::from_secs(5400))
+        );
+        assert_eq!(
+            parse_duration("250ms"),
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(parse_duration("5x"), None);
         for q in ["50Gi", "1.5T", "1000000"] {
             assert!(is_quantity(q), "{q}");
         }
