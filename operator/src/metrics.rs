@@ -182,4 +182,40 @@ mod tests {
                 .contains("rimir_operator_clusters{phase=\"Ready\"} 1")
         );
     }
+
+    /// The chart's Grafana dashboard only queries series the operator exports.
+    #[test]
+    fn dashboard_queries_only_exported_metrics() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/rimir-operator/dashboards/rimir-operator.json"
+        );
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let m = Metrics::new();
+        m.reconciled("success", Duration::from_millis(1));
+        m.aws_request("s3", "HeadBucket", "OK");
+        m.set_phase("ns/a", Some("Ready"));
+        let exposition = m.encode();
+        let mut checked = 0;
+        for panel in dash["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                let mut rest = expr;
+                while let Some(i) = rest.find("rimir_operator_") {
+                    let name: String = rest[i..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    assert!(
+                        exposition.contains(&format!("\n{name}")),
+                        "{name} (in {expr}) is not exported"
+                    );
+                    checked += 1;
+                    rest = &rest[i + name.len()..];
+                }
+            }
+        }
+        assert!(checked >= 6, "{checked}");
+    }
 }
