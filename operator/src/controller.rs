@@ -615,7 +615,8 @@ async fn cleanup(mc: &MimirCluster, ctx: &Context) -> Result<Action> {
 }
 
 /// Runs the controller until SIGTERM/ctrl-c: watches MimirClusters and their StatefulSets.
-pub async fn run(ctx: Arc<Context>) {
+/// At most `concurrency` clusters reconcile at once, which bounds memory and AWS request bursts.
+pub async fn run(ctx: Arc<Context>, concurrency: u16) {
     let client = ctx.client.clone();
     let clusters: Api<MimirCluster> = Api::all(client.clone());
     let statefulsets: Api<StatefulSet> = Api::all(client);
@@ -624,6 +625,7 @@ pub async fn run(ctx: Arc<Context>) {
     // Our own status writes come back as watch events; `patch_status` skips unchanged statuses
     // so that echo ends after one pass.
     Controller::new(clusters, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency.max(1)))
         .owns(statefulsets, owned)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)

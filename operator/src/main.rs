@@ -43,6 +43,9 @@ struct RunArgs {
     /// How often every MimirCluster is reconciled again to correct drift (e.g. `5m`, `30s`).
     #[arg(long, default_value = "5m")]
     resync_interval: String,
+    /// How many MimirClusters reconcile at the same time.
+    #[arg(long, default_value_t = 4)]
+    concurrency: u16,
     /// Send every AWS request to this endpoint (S3-compatible store or moto in tests); otherwise
     /// the SDK's endpoints (and `AWS_ENDPOINT_URL`) apply.
     #[arg(long)]
@@ -68,6 +71,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Both ring (kube) and aws-lc-rs (AWS SDK) are linked, so rustls cannot choose by itself.
+    // An error only means a provider is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -103,7 +109,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, ?resync, "rimir-operator starting");
         let server = tokio::spawn(serve(listener, metrics.clone()));
         let ctx = Arc::new(Context::new(client, aws, metrics, resync));
-        controller::run(ctx).await;
+        controller::run(ctx, args.concurrency).await;
         server.abort();
         anyhow::Ok(())
     })
