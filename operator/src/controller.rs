@@ -117,6 +117,7 @@ pub async fn reconcile(mc: Arc<MimirCluster>, ctx: Arc<Context>) -> Result<Actio
         Err(e) => e.kind(),
     };
     ctx.metrics.reconciled(label, start.elapsed());
+    tracing::debug!(cluster = %object, result = label, took = ?start.elapsed(), "reconciled");
     if result.is_ok() {
         ctx.failures().remove(&object);
     }

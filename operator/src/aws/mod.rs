@@ -83,6 +83,15 @@ pub const CREATED_TAG: &str = "rimir.io/created";
 /// Tag marking resources managed by the operator.
 pub const MANAGED_BY_TAG: (&str, &str) = ("app.kubernetes.io/managed-by", "rimir-operator");
 
+/// Bounds on every AWS call, so one stuck request cannot hold a reconcile slot forever.
+fn timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .operation_attempt_timeout(std::time::Duration::from_secs(20))
+        .operation_timeout(std::time::Duration::from_secs(60))
+        .build()
+}
+
 /// Shared AWS configuration: credentials from the default chain (IRSA in-cluster, environment or
 /// profile elsewhere). Credentials are never logged: only this config holds them.
 #[derive(Clone)]
@@ -117,8 +126,9 @@ impl Aws {
 
     /// S3 client for a region (path-style when an endpoint override is set).
     pub fn s3(&self, region: &str) -> aws_sdk_s3::Client {
-        let mut b =
-            aws_sdk_s3::config::Builder::from(&self.base).region(Region::new(region.to_string()));
+        let mut b = aws_sdk_s3::config::Builder::from(&self.base)
+            .region(Region::new(region.to_string()))
+            .timeout_config(timeouts());
         if let Some(e) = &self.endpoint {
             b = b.endpoint_url(e).force_path_style(true);
         }
@@ -128,7 +138,8 @@ impl Aws {
     /// IAM client for a partition.
     pub fn iam(&self, partition: Partition) -> aws_sdk_iam::Client {
         let mut b = aws_sdk_iam::config::Builder::from(&self.base)
-            .region(Region::new(partition.iam_region()));
+            .region(Region::new(partition.iam_region()))
+            .timeout_config(timeouts());
         if let Some(e) = &self.endpoint {
             b = b.endpoint_url(e);
         }
@@ -137,8 +148,9 @@ impl Aws {
 
     /// STS client for a region.
     pub fn sts(&self, region: &str) -> aws_sdk_sts::Client {
-        let mut b =
-            aws_sdk_sts::config::Builder::from(&self.base).region(Region::new(region.to_string()));
+        let mut b = aws_sdk_sts::config::Builder::from(&self.base)
+            .region(Region::new(region.to_string()))
+            .timeout_config(timeouts());
         if let Some(e) = &self.endpoint {
             b = b.endpoint_url(e);
         }
