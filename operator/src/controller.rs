@@ -423,7 +423,7 @@ async fn run_steps(
             .iter()
             .zip(&children.statefulsets)
         {
-            let applied = apply_child(ctx, ns, sts).await?;
+            let applied = apply_statefulset(ctx, mc, ns, sts).await?;
             let desired = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
             let ready = applied
                 .status
@@ -460,6 +460,96 @@ async fn run_steps(
         publish(ctx, mc, EventType::Normal, "Applied", "Apply", note).await;
     }
     Ok(())
+}
+
+/// Applies a StatefulSet. Kubernetes forbids changing `volumeClaimTemplates` (a new volume
+/// size): then the StatefulSet is deleted with orphaned pods and recreated (the pods are adopted
+/// back, nothing restarts), and the existing claims are asked to grow to the new size.
+async fn apply_statefulset(
+    ctx: &Context,
+    mc: &MimirCluster,
+    ns: &str,
+    sts: &StatefulSet,
+) -> Result<StatefulSet> {
+    match apply_child(ctx, ns, sts).await {
+        Err(Error::Kube { source, .. }) if is_forbidden_statefulset_update(&source) => {}
+        other => return other,
+    }
+    let name = sts.metadata.name.clone().unwrap_or_default();
+    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+    let orphan = kube::api::DeleteParams {
+        propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+        ..Default::default()
+    };
+    api.delete(&name, &orphan).await.map_err(|e| Error::Kube {
+        operation: "delete (orphan) to recreate",
+        object: format!("StatefulSet/{ns}/{name}"),
+        source: Box::new(e),
+    })?;
+    publish(
+        ctx,
+        mc,
+        EventType::Normal,
+        "StatefulSetRecreated",
+        "Apply",
+        format!("recreated {name} for new volume claim templates"),
+    )
+    .await;
+    grow_claims(ctx, mc, ns, sts).await;
+    apply_child(ctx, ns, sts).await
+}
+
+fn is_forbidden_statefulset_update(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 422 && s.message.contains("Forbidden: updates to statefulset spec"))
+}
+
+/// Asks each existing claim of the StatefulSet to grow to the template's size. Claims that cannot
+/// (storage class without expansion, shrinking) keep their size; that is reported as an Event.
+async fn grow_claims(ctx: &Context, mc: &MimirCluster, ns: &str, sts: &StatefulSet) {
+    let Some(spec) = sts.spec.as_ref() else {
+        return;
+    };
+    let name = sts.metadata.name.clone().unwrap_or_default();
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), ns);
+    for template in spec.volume_claim_templates.iter().flatten() {
+        let Some(size) = template
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+        else {
+            continue;
+        };
+        let claim_prefix = format!(
+            "{}-{name}-",
+            template.metadata.name.clone().unwrap_or_default()
+        );
+        for i in 0..spec.replicas.unwrap_or(0) {
+            let claim = format!("{claim_prefix}{i}");
+            let patch = json!({"spec": {"resources": {"requests": {"storage": size}}}});
+            match pvcs
+                .patch(&claim, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    let note = format!("claim {claim} keeps its size: {e}");
+                    publish(
+                        ctx,
+                        mc,
+                        EventType::Warning,
+                        "VolumeResizeRefused",
+                        "Apply",
+                        note,
+                    )
+                    .await;
+                }
+            }
+        }
+    }
 }
 
 async fn resolve_account(ctx: &Context, region: &str) -> Result<String> {

@@ -60,6 +60,16 @@ fn answer(mc: &MimirCluster, seen: &Seen) -> Value {
 /// Runs one reconcile of `mc` against the mock API server and `aws`; returns the result and
 /// every request in order.
 async fn reconcile_once(mc: MimirCluster, aws: Aws) -> (Result<Action>, Vec<Seen>) {
+    reconcile_with(mc, aws, |_, _| None).await
+}
+
+/// Like [`reconcile_once`], but `hook(request, index)` may answer a request with an error
+/// status and body instead.
+async fn reconcile_with(
+    mc: MimirCluster,
+    aws: Aws,
+    hook: impl Fn(&Seen, usize) -> Option<(u16, Value)> + Send + 'static,
+) -> (Result<Action>, Vec<Seen>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -73,13 +83,13 @@ async fn reconcile_once(mc: MimirCluster, aws: Aws) -> (Result<Action>, Vec<Seen
                 let bytes = req.into_body().collect_bytes().await.unwrap();
                 let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                 let s = Seen { method, path, body };
-                let reply = answer(&mc, &s);
+                let index = seen.lock().unwrap().len();
+                let (code, reply) = hook(&s, index).unwrap_or_else(|| (200, answer(&mc, &s)));
                 seen.lock().unwrap().push(s);
-                send.send_response(
-                    Response::builder()
-                        .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-                        .unwrap(),
-                );
+                let response = Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()));
+                send.send_response(response.unwrap());
             }
         })
     };
@@ -488,4 +498,74 @@ async fn unchanged_status_is_not_written_again() {
         "{:?}",
         applies(&seen)
     );
+}
+
+#[tokio::test]
+async fn new_volume_size_recreates_the_statefulset_orphaning_pods_and_grows_claims() {
+    let moto = Moto::start();
+    let aws = moto.aws().await;
+    let refused = Arc::new(Mutex::new(false));
+    let hook = {
+        let refused = refused.clone();
+        move |s: &Seen, _: usize| {
+            let mut r = refused.lock().unwrap();
+            if s.method == "PATCH" && s.path.contains("/statefulsets/prod-compactor") && !*r {
+                *r = true;
+                let message = "StatefulSet.apps \"prod-compactor\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas' are forbidden";
+                return Some((
+                    422,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": message, "reason": "Invalid", "code": 422}),
+                ));
+            }
+            if s.path.contains("/persistentvolumeclaims/") {
+                return Some((
+                    200,
+                    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "x"}}),
+                ));
+            }
+            if s.method == "DELETE" {
+                return Some((
+                    200,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+                ));
+            }
+            None
+        }
+    };
+    let (result, seen) = reconcile_with(finalized(sample()), aws, hook).await;
+    result.unwrap();
+    let lines: Vec<String> = seen
+        .iter()
+        .filter(|s| !s.path.contains("/events"))
+        .map(Seen::line)
+        .collect();
+    let first = lines
+        .iter()
+        .position(|l| l.contains("/statefulsets/prod-compactor"))
+        .unwrap();
+    let apps = "/apis/apps/v1/namespaces/monitoring/statefulsets/prod-compactor";
+    assert!(lines[first].starts_with(&format!("PATCH {apps}?")));
+    assert_eq!(lines[first + 1], format!("DELETE {apps}?"));
+    let delete = seen.iter().find(|s| s.method == "DELETE").unwrap();
+    assert_eq!(delete.body["propagationPolicy"], "Orphan");
+    assert_eq!(
+        lines[first + 2],
+        "PATCH /api/v1/namespaces/monitoring/persistentvolumeclaims/data-prod-compactor-0?"
+    );
+    let grow = seen
+        .iter()
+        .find(|s| s.path.contains("/persistentvolumeclaims/"))
+        .unwrap();
+    assert_eq!(
+        grow.body["spec"]["resources"]["requests"]["storage"],
+        "50Gi"
+    );
+    assert!(
+        lines[first + 3].starts_with(&format!("PATCH {apps}?")),
+        "re-applied: {}",
+        lines[first + 3]
+    );
+    assert!(events(&seen).contains(&"StatefulSetRecreated".to_string()));
+    assert_eq!(status_of(&seen)["phase"], "Ready");
 }
