@@ -36,7 +36,8 @@ use crate::{Error, Result};
 pub const FINALIZER: &str = "rimir.io/cleanup";
 
 /// The reconcile steps, in order; each is a status condition type.
-pub const STEPS: [&str; 7] = [
+pub const STEPS: [&str; 8] = [
+    "SpecValid",
     "AccountResolved",
     "BucketReady",
     "RoleReady",
@@ -309,6 +310,7 @@ async fn run_steps(
         progress.failed(STEPS[0], &e);
         return Err(e);
     }
+    progress.done(STEPS[0], "the spec passes every validation rule".into());
     let region = spec.aws.region.as_str();
     let partition = Partition::from_region(region);
     let owner = names.owner_tag();
@@ -319,13 +321,13 @@ async fn run_steps(
         None => match resolve_account(ctx, region).await {
             Ok(a) => a,
             Err(e) => {
-                progress.failed(STEPS[0], &e);
+                progress.failed(STEPS[1], &e);
                 return Err(e);
             }
         },
     };
     progress.done(
-        STEPS[0],
+        STEPS[1],
         format!("account {account}, partition {}", partition.as_str()),
     );
 
@@ -335,10 +337,10 @@ async fn run_steps(
         Ok(change) => {
             aws_event(ctx, mc, change, "Bucket", bucket).await;
             status.bucket_arn = Some(aws::bucket_arn(partition, bucket));
-            progress.done(STEPS[1], format!("bucket {bucket} in {region}"));
+            progress.done(STEPS[2], format!("bucket {bucket} in {region}"));
         }
         Err(e) => {
-            progress.failed(STEPS[1], &e);
+            progress.failed(STEPS[2], &e);
             return Err(e);
         }
     }
@@ -361,7 +363,7 @@ async fn run_steps(
         Ok((arn, change)) => {
             aws_event(ctx, mc, change, "Role", &role).await;
             progress.done(
-                STEPS[2],
+                STEPS[3],
                 format!(
                     "role {arn} trusts system:serviceaccount:{}:{sa}",
                     names.namespace
@@ -370,7 +372,7 @@ async fn run_steps(
             arn
         }
         Err(e) => {
-            progress.failed(STEPS[2], &e);
+            progress.failed(STEPS[3], &e);
             return Err(e);
         }
     };
@@ -382,7 +384,7 @@ async fn run_steps(
         Ok(change) => {
             aws_event(ctx, mc, change, "InlinePolicy", iam::INLINE_POLICY_NAME).await;
             progress.done(
-                STEPS[3],
+                STEPS[4],
                 format!(
                     "{} allows the TSDB's S3 actions on {bucket}",
                     iam::INLINE_POLICY_NAME
@@ -390,7 +392,7 @@ async fn run_steps(
             );
         }
         Err(e) => {
-            progress.failed(STEPS[3], &e);
+            progress.failed(STEPS[4], &e);
             return Err(e);
         }
     }
@@ -399,19 +401,19 @@ async fn run_steps(
     let children = desired_children(mc, &role_arn);
     let ns = &names.namespace;
     if let Err(e) = apply_child(ctx, ns, &children.service_account).await {
-        progress.failed(STEPS[4], &e);
-        return Err(e);
-    }
-    progress.done(
-        STEPS[4],
-        format!("ServiceAccount {sa} annotated with {role_arn}"),
-    );
-    if let Err(e) = apply_child(ctx, ns, &children.config_map).await {
         progress.failed(STEPS[5], &e);
         return Err(e);
     }
     progress.done(
         STEPS[5],
+        format!("ServiceAccount {sa} annotated with {role_arn}"),
+    );
+    if let Err(e) = apply_child(ctx, ns, &children.config_map).await {
+        progress.failed(STEPS[6], &e);
+        return Err(e);
+    }
+    progress.done(
+        STEPS[6],
         format!("ConfigMap {} holds rimir.yaml", names.config_map()),
     );
     let workloads = async {
@@ -445,10 +447,10 @@ async fn run_steps(
                 .map(|(c, r)| format!("{c} {}/{}", r.ready, r.desired))
                 .collect();
             status.components = components;
-            progress.done(STEPS[6], format!("ready/desired: {}", summary.join(", ")));
+            progress.done(STEPS[7], format!("ready/desired: {}", summary.join(", ")));
         }
         Err(e) => {
-            progress.failed(STEPS[6], &e);
+            progress.failed(STEPS[7], &e);
             return Err(e);
         }
     }

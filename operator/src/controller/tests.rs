@@ -312,7 +312,7 @@ async fn invalid_spec_is_reported_in_status_and_makes_no_aws_call() {
     assert_eq!(events(&seen), ["InvalidSpec"]);
     let status = status_of(&seen);
     assert_eq!(status["phase"], "Failed");
-    let first = condition(&status, "AccountResolved");
+    let first = condition(&status, "SpecValid");
     assert_eq!(first["status"], "False");
     assert_eq!(first["reason"], "InvalidSpec");
     assert!(
