@@ -38,6 +38,7 @@ pub struct MimirClusterSpec {
     /// Container image of the rimir server, run by every component.
     #[serde(default = "default_image")]
     #[x_kube(validation = Rule::new("size(self) > 0").message("image must not be empty"))]
+    #[schemars(length(max = 512))]
     pub image: String,
     /// AWS account, region and the EKS cluster's OIDC issuer used for IRSA.
     pub aws: AwsSpec,
@@ -83,18 +84,22 @@ pub struct AwsSpec {
     /// AWS region of the bucket (e.g. `eu-west-3`); the partition (`aws`, `aws-cn`,
     /// `aws-us-gov`) is derived from it.
     #[x_kube(validation = Rule::new("self.matches('^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]+$')").message("region must look like eu-west-3"))]
+    #[schemars(length(max = 32))]
     pub region: String,
     /// 12-digit AWS account id; looked up with STS GetCallerIdentity when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]{12}$')").message("accountId must be 12 digits"))]
+    #[schemars(length(max = 12))]
     pub account_id: Option<String>,
     /// OIDC issuer of the EKS cluster, with or without `https://`
     /// (`aws eks describe-cluster --query cluster.identity.oidc.issuer`).
     #[x_kube(validation = Rule::new("self.matches('^(https://)?[a-zA-Z0-9.-]+(/[A-Za-z0-9._-]+)*$')").message("oidcIssuer must be a host name and path, like oidc.eks.eu-west-3.amazonaws.com/id/EXAMPLE"))]
+    #[schemars(length(max = 512))]
     pub oidc_issuer: String,
     /// Name of the IAM role to create; defaults to `rimir-<namespace>-<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9+=,.@_-]{1,64}$')").message("roleName must be 1-64 characters of letters, digits and +=,.@_-"))]
+    #[schemars(length(max = 64))]
     pub role_name: Option<String>,
 }
 
@@ -107,6 +112,7 @@ pub struct StorageSpec {
         validation = Rule::new("self.matches('^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$') && !self.contains('..') && !self.matches('^[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+$') && !self.startsWith('xn--') && !self.endsWith('-s3alias')").message("bucketName must be a valid S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"),
         validation = Rule::new("self == oldSelf").message("bucketName is immutable")
     )]
+    #[schemars(length(max = 63))]
     pub bucket_name: String,
     /// `Create` makes the bucket if missing and only uses an existing one tagged as this
     /// cluster's; `Adopt` also takes over an existing bucket of the account.
@@ -116,6 +122,7 @@ pub struct StorageSpec {
     /// them forever). Rendered as `limits.compactor_blocks_retention_period`.
     #[serde(default = "default_retention")]
     #[x_kube(validation = Rule::new("self.matches('^(0|([0-9]+(ms|s|m|h|d|w|y))+)$')").message("retention must be a duration like 30d, 12h or 1y2w"))]
+    #[schemars(length(max = 32))]
     pub retention: String,
     /// Endpoint of an S3-compatible store (host or URL); AWS's regional endpoint when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,6 +157,7 @@ pub struct ServiceAccountSpec {
     /// role's trust policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$')").message("serviceAccount.name must be a DNS subdomain"))]
+    #[schemars(length(max = 253))]
     pub name: Option<String>,
     /// Extra annotations on the ServiceAccount (the role ARN annotation is always set).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -193,6 +201,7 @@ pub struct PersistentVolumeSpec {
     /// Requested size, a Kubernetes quantity such as `50Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]+(\\\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$')").message("size must be a quantity like 50Gi"))]
+    #[schemars(length(max = 32))]
     pub size: Option<String>,
     /// StorageClass of the claim; the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
