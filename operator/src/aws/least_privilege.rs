@@ -6,8 +6,6 @@
 //! policy's `sub`/`aud` conditions on `AssumeRoleWithWebIdentity` (any token is accepted), so the
 //! trust policy is proven by exact-JSON unit tests instead.
 
-use std::io::{Read, Write};
-
 use aws_sdk_s3::config::Credentials;
 use aws_sdk_s3::primitives::ByteStream;
 
@@ -20,19 +18,7 @@ use crate::crd::BucketMode;
 /// Turns moto's request authentication on from the next request (`/moto-api/reset-auth` takes
 /// the number of requests still let through unauthenticated).
 fn enable_moto_auth(moto: &Moto) {
-    let addr = moto.endpoint.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "POST /moto-api/reset-auth HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1\r\nConnection: close\r\n\r\n0"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    assert!(
-        reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"),
-        "{reply}"
-    );
+    assert_eq!(moto.raw("POST", "/moto-api/reset-auth", &[], "0"), 200);
 }
 
 #[tokio::test]

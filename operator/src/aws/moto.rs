@@ -21,6 +21,11 @@ pub(crate) struct Moto {
 impl Moto {
     /// Starts moto and waits until it answers.
     pub(crate) fn start() -> Moto {
+        Moto::start_with_env(&[])
+    }
+
+    /// Starts moto with extra environment variables (moto's settings).
+    pub(crate) fn start_with_env(env: &[(&str, &str)]) -> Moto {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -28,6 +33,7 @@ impl Moto {
             .port();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -45,6 +51,37 @@ impl Moto {
             std::thread::sleep(Duration::from_millis(50));
         }
         moto
+    }
+
+    /// Sends one raw HTTP request to moto (no signing: moto only reads the credential scope to
+    /// route it) and returns the status code.
+    pub(crate) fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> u16 {
+        use std::io::{Read, Write};
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        s.write_all(req.as_bytes()).unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        reply
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
     }
 
     /// An [`Aws`] pointed at this moto with the root test credentials.

@@ -589,4 +589,37 @@ mod tests {
             "already gone"
         );
     }
+
+    #[tokio::test]
+    async fn bucket_owned_by_another_account_is_terminal_and_says_so() {
+        let moto = Moto::start_with_env(&[("MOTO_S3_ALLOW_CROSSACCOUNT_ACCESS", "false")]);
+        let auth = "AWS4-HMAC-SHA256 Credential=other/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0";
+        let status = moto.raw(
+            "PUT",
+            "/taken-name",
+            &[
+                ("Authorization", auth),
+                ("x-moto-account-id", "111111111111"),
+            ],
+            "",
+        );
+        assert_eq!(status, 200, "bucket created in account 111111111111");
+        let aws = moto.aws().await;
+        let err = ensure_bucket(&aws, "us-east-1", "taken-name", BucketMode::Adopt, "ns/c")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::BucketTakenByOtherAccount { .. }) && err.is_terminal(),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("owned by another AWS account"),
+            "{err}"
+        );
+        assert!(
+            !delete_bucket(&aws, "us-east-1", "taken-name", "ns/c")
+                .await
+                .unwrap()
+        );
+    }
 }
