@@ -57,10 +57,10 @@ pub fn default_config(mc: &MimirCluster, names: &Names) -> Value {
             "tsdb": { "dir": format!("{DATA_DIR}/tsdb") },
         },
         "compactor": { "data_dir": format!("{DATA_DIR}/compactor") },
-        "ingester": { "ring": { "replication_factor": replication_factor } },
-        "memberlist": {
+        "ingester": { "ring": {
+            "replication_factor": replication_factor,
             "join_members": [format!("dns+{}:{GRPC_PORT}", names.headless_fqdn("ingester"))],
-        },
+        } },
         "compression": { "hot": codec(spec.compression.hot), "cold": codec(spec.compression.cold) },
         "limits": limits,
     })
@@ -128,7 +128,7 @@ mod tests {
         assert_eq!(c["compression"], json!({"hot": "snappy", "cold": "gzip"}));
         assert_eq!(c["limits"]["compactor_blocks_retention_period"], "400d");
         assert_eq!(
-            c["memberlist"]["join_members"][0],
+            c["ingester"]["ring"]["join_members"][0],
             "dns+prod-ingester-headless.monitoring.svc.cluster.local:9095"
         );
     }
