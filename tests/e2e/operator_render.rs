@@ -1,6 +1,6 @@
 //! The operator and the TSDB agree: the `rimir.yaml` that `rimir-operator render` puts in the
 //! ConfigMap for the sample MimirCluster is accepted by the real `rimir` binary, with the bucket,
-//! ring and compression the spec asks for.
+//! ring and compression the spec asks for; and the README's configuration example is valid.
 
 use std::process::Command;
 
@@ -53,3 +53,37 @@ fn rendered_rimir_yaml_is_accepted_by_rimir() {
 }
 
 use serde::Deserialize as _;
+
+#[test]
+fn readme_config_example_is_accepted_by_rimir() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Configuration")
+        .expect("a Configuration section")..];
+    let start = section.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let yaml = &section[start..start + section[start..].find("```").unwrap()];
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("rimir.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = run_ok(
+        Command::new(workspace_bin("rimir"))
+            .arg(format!("--config.file={}", path.display()))
+            .arg("--print.config"),
+    );
+    let effective: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    assert_eq!(effective["compactor"]["deletion_delay"], "12h");
+    assert_eq!(
+        effective["blocks_storage"]["s3"]["bucket_name"],
+        "my-metrics"
+    );
+    // A typo is refused, naming the key.
+    std::fs::write(&path, format!("{yaml}compactr: {{}}\n")).unwrap();
+    let out = Command::new(workspace_bin("rimir"))
+        .arg(format!("--config.file={}", path.display()))
+        .arg("--print.config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("compactr"));
+}

@@ -170,7 +170,10 @@ impl Rimir {
             .append(true)
             .open(&self.log)
             .expect("open log file");
+        // Relative default directories (`./data/...`) land beside the log, not in the checkout.
+        let cwd = self.log.parent().map(Path::to_path_buf).unwrap_or_default();
         let child = Command::new(rimir_bin())
+            .current_dir(cwd)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
