@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests run against
-# (Debian's prometheus 2.42 for promtool and a real Prometheus, node_exporter, and moto server
-# for S3/IAM/STS), then checks formatting and lints and runs every test of the workspace.
+# (Debian's prometheus 2.42 for promtool and a real Prometheus, node_exporter, Debian's kubectl
+# for the fake API server tests, and moto server for S3/IAM/STS), then checks formatting and
+# lints and runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,12 @@ if ! command -v promtool >/dev/null || ! command -v prometheus-node-exporter >/d
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
     prometheus prometheus-node-exporter >/dev/null
+fi
+if ! command -v kubectl >/dev/null; then
+  echo "== installing kubectl (Debian kubernetes-client)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+    kubernetes-client >/dev/null
 fi
 # moto before 5.2.2 answers CompleteMultipartUpload with a wrong XML root (getmoto/moto#10055),
 # which the AWS SDK rejects; older installs are upgraded.

@@ -70,7 +70,14 @@ fn openmetrics(data: &Data) -> String {
             } else {
                 format!("{v:?}")
             };
-            writeln!(s, "{name}{{{}}} {v} {}.{:03}", rest.join(","), t / 1000, t % 1000).unwrap();
+            writeln!(
+                s,
+                "{name}{{{}}} {v} {}.{:03}",
+                rest.join(","),
+                t / 1000,
+                t % 1000
+            )
+            .unwrap();
         }
     }
     s.push_str("# EOF\n");
@@ -101,6 +108,12 @@ fn block_ulids(dir: &Path) -> Vec<String> {
     v
 }
 
+/// `promtool tsdb dump` 2.42 opens the directory as a database and insists on a `wal/` in it.
+fn promtool_dump(dir: &Path) -> String {
+    std::fs::create_dir_all(dir.join("wal")).unwrap();
+    stdout(Command::new("promtool").args(["tsdb", "dump"]).arg(dir))
+}
+
 fn stdout(cmd: &mut Command) -> String {
     String::from_utf8(run_ok(cmd).stdout).unwrap()
 }
@@ -121,10 +134,15 @@ fn promtool_analyzes_and_dumps_rimir_blocks_exactly() {
     let ulids = block_ulids(&out);
     assert_eq!(ulids.len(), 3, "5h of 2h-aligned data makes 3 blocks");
     for u in &ulids {
-        let a = stdout(Command::new("promtool").args(["tsdb", "analyze"]).arg(&out).arg(u));
+        let a = stdout(
+            Command::new("promtool")
+                .args(["tsdb", "analyze"])
+                .arg(&out)
+                .arg(u),
+        );
         assert!(a.contains(&format!("Block ID: {u}")), "{a}");
     }
-    let dump = stdout(Command::new("promtool").args(["tsdb", "dump"]).arg(&out));
+    let dump = promtool_dump(&out);
     assert_eq!(dump, expected_dump(&d));
 }
 
@@ -141,8 +159,13 @@ fn promtool_reads_stale_markers_and_special_values_bit_for_bit() {
         (T0 + 4, f64::MIN_POSITIVE),
         (T0 + 5, 123456789.125),
     ];
-    write_block(tmp.path(), vec![(l.clone(), samples.clone())], &BlockOptions::default()).unwrap();
-    let dump = stdout(Command::new("promtool").args(["tsdb", "dump"]).arg(tmp.path()));
+    write_block(
+        tmp.path(),
+        vec![(l.clone(), samples.clone())],
+        &BlockOptions::default(),
+    )
+    .unwrap();
+    let dump = promtool_dump(tmp.path());
     assert_eq!(dump, expected_dump(&vec![(l, samples)]));
 }
 
@@ -159,8 +182,12 @@ fn rimir_dump_of_promtool_blocks_equals_promtool_dump() {
             .arg(&out),
     );
     assert!(!block_ulids(&out).is_empty());
-    let theirs = stdout(Command::new("promtool").args(["tsdb", "dump"]).arg(&out));
-    let ours = stdout(Command::new(workspace_bin("rimir")).args(["tsdb", "dump"]).arg(&out));
+    let theirs = promtool_dump(&out);
+    let ours = stdout(
+        Command::new(workspace_bin("rimir"))
+            .args(["tsdb", "dump"])
+            .arg(&out),
+    );
     assert_eq!(ours.lines().count(), theirs.lines().count());
     assert_eq!(ours, theirs);
     let sel = r#"requests_total{job="db",instance=~"10.0.0.[12]:9100"}"#;
@@ -173,7 +200,9 @@ fn rimir_dump_of_promtool_blocks_equals_promtool_dump() {
         .lines()
         .filter(|l| {
             l.starts_with(r#"{__name__="requests_total", instance="10.0.0.1:9100", job="db"}"#)
-                || l.starts_with(r#"{__name__="requests_total", instance="10.0.0.2:9100", job="db"}"#)
+                || l.starts_with(
+                    r#"{__name__="requests_total", instance="10.0.0.2:9100", job="db"}"#,
+                )
         })
         .map(|l| format!("{l}\n"))
         .collect();
@@ -229,11 +258,21 @@ fn stock_prometheus_queries_rimir_blocks() {
         "{base}/api/v1/query?query=sum(requests_total%7Bjob%3D%22db%22%7D)&time={}",
         at as f64 / 1000.0
     );
-    let body: serde_json::Value =
-        serde_json::from_str(&ureq::get(&url).call().unwrap().into_body().read_to_string().unwrap())
-            .unwrap();
+    let body: serde_json::Value = serde_json::from_str(
+        &ureq::get(&url)
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(body["status"], "success", "{body}");
-    let got: f64 = body["data"]["result"][0]["value"][1].as_str().unwrap().parse().unwrap();
+    let got: f64 = body["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(got, want, "{body}");
     // A range query across the first block boundary returns every sample of one series.
     let url = format!(
@@ -241,9 +280,15 @@ fn stock_prometheus_queries_rimir_blocks() {
         (T0 + 470 * STEP) as f64 / 1000.0,
         (T0 + 490 * STEP) as f64 / 1000.0
     );
-    let body: serde_json::Value =
-        serde_json::from_str(&ureq::get(&url).call().unwrap().into_body().read_to_string().unwrap())
-            .unwrap();
+    let body: serde_json::Value = serde_json::from_str(
+        &ureq::get(&url)
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap(),
+    )
+    .unwrap();
     let values = body["data"]["result"][0]["values"].as_array().unwrap();
     assert_eq!(values.len(), 21, "{body}");
     for (k, v) in values.iter().enumerate() {

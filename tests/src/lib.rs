@@ -3,7 +3,11 @@
 //!
 //! [`moto::MotoServer`] is a throw-away S3 (and IAM/STS) endpoint on 127.0.0.1 for tests of the
 //! `s3` object-store backend, the compactor and the operator.
+//!
+//! [`fake_apiserver::FakeApiServer`] is an in-memory Kubernetes API server (also the
+//! `fake-apiserver` binary) for the operator and kubectl; see `tests/README.md`.
 
+pub mod fake_apiserver;
 pub mod moto;
 pub mod rimir;
 

@@ -301,13 +301,13 @@ impl BlockWriter {
         if samples.is_empty() {
             return Ok(());
         }
-        if let Some((prev, _)) = self.series.last() {
-            if *prev >= labels {
-                return Err(BlockError::Unsorted {
-                    series: labels.to_string(),
-                    previous: prev.to_string(),
-                });
-            }
+        if let Some((prev, _)) = self.series.last()
+            && *prev >= labels
+        {
+            return Err(BlockError::Unsorted {
+                series: labels.to_string(),
+                previous: prev.to_string(),
+            });
         }
         if let Some(w) = samples.windows(2).find(|w| w[1].0 <= w[0].0) {
             return Err(BlockError::UnsortedSamples {
@@ -316,7 +316,10 @@ impl BlockWriter {
                 previous: w[0].0,
             });
         }
-        let writer = self.chunks.as_mut().expect("chunk writer lives until finish");
+        let writer = self
+            .chunks
+            .as_mut()
+            .expect("chunk writer lives until finish");
         let mut metas = Vec::with_capacity(samples.len().div_ceil(MAX_SAMPLES_PER_CHUNK));
         for part in samples.chunks(MAX_SAMPLES_PER_CHUNK) {
             let mut c = XorChunk::new();
@@ -483,7 +486,10 @@ pub fn list_block_dirs(dir: &Path) -> Result<Vec<PathBuf>, BlockError> {
         let e = e.map_err(io_err("list", dir))?;
         let p = e.path();
         let name = e.file_name();
-        if p.is_dir() && Ulid::from_string(&name.to_string_lossy()).is_ok() && p.join(META_FILE).is_file() {
+        if p.is_dir()
+            && Ulid::from_string(&name.to_string_lossy()).is_ok()
+            && p.join(META_FILE).is_file()
+        {
             out.push(p);
         }
     }
@@ -538,19 +544,29 @@ fn data_files(dir: &Path) -> Result<Vec<String>, BlockError> {
     let chunks_dir = dir.join(CHUNKS_DIR);
     let mut names: Vec<String> = fs::read_dir(&chunks_dir)
         .map_err(io_err("list", &chunks_dir))?
-        .filter_map(|e| e.ok().map(|e| format!("{CHUNKS_DIR}/{}", e.file_name().to_string_lossy())))
+        .filter_map(|e| {
+            e.ok()
+                .map(|e| format!("{CHUNKS_DIR}/{}", e.file_name().to_string_lossy()))
+        })
         .collect();
     names.sort();
     names.push(INDEX_FILE.to_string());
     Ok(names)
 }
 
-fn transcode(src: &Path, dst: &Path, from: Compression, to: Compression) -> Result<u64, BlockError> {
+fn transcode(
+    src: &Path,
+    dst: &Path,
+    from: Compression,
+    to: Compression,
+) -> Result<u64, BlockError> {
     let input = fs::File::open(src).map_err(io_err("open", src))?;
     let mut reader: Box<dyn std::io::Read> = match from {
         Compression::None => Box::new(std::io::BufReader::new(input)),
         Compression::Gzip => Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(input))),
-        Compression::Snappy => Box::new(snap::read::FrameDecoder::new(std::io::BufReader::new(input))),
+        Compression::Snappy => Box::new(snap::read::FrameDecoder::new(std::io::BufReader::new(
+            input,
+        ))),
     };
     let out = fs::File::create(dst).map_err(io_err("create", dst))?;
     let buffered = std::io::BufWriter::new(out);
@@ -655,7 +671,10 @@ pub struct Block {
 
 impl std::fmt::Debug for Block {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Block").field("dir", &self.dir).field("ulid", &self.meta.ulid).finish()
+        f.debug_struct("Block")
+            .field("dir", &self.dir)
+            .field("ulid", &self.meta.ulid)
+            .finish()
     }
 }
 
@@ -733,7 +752,12 @@ impl Block {
     }
 
     /// The series matching `matchers` with their samples in `[mint, maxt]`, in label order.
-    pub fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<Series>, BlockError> {
+    pub fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Series>, BlockError> {
         let mut out = Vec::new();
         self.for_each_series(matchers, mint, maxt, |s| {
             out.push(s);
@@ -751,7 +775,10 @@ impl Block {
         maxt: i64,
     ) -> Result<Vec<Sample>, BlockError> {
         let mut samples = Vec::new();
-        for m in metas.iter().filter(|m| m.max_time >= mint && m.min_time <= maxt) {
+        for m in metas
+            .iter()
+            .filter(|m| m.max_time >= mint && m.min_time <= maxt)
+        {
             let (encoding, data) = self.chunks.read(m.chunk_ref)?;
             if encoding != ENCODING_XOR {
                 return Err(BlockError::UnsupportedEncoding {
@@ -803,7 +830,9 @@ mod tests {
                     ("i", format!("{i:03}")),
                     ("parity", (i % 2).to_string()),
                 ]);
-                let s = (0..samples).map(|j| (1_000 * j as i64, (i * j) as f64)).collect();
+                let s = (0..samples)
+                    .map(|j| (1_000 * j as i64, (i * j) as f64))
+                    .collect();
                 (l, s)
             })
             .collect()
@@ -819,7 +848,9 @@ mod tests {
         assert_eq!(meta.stats.num_chunks, 60);
         assert_eq!((meta.min_time, meta.max_time), (0, 299_001));
         let b = Block::open(&dir.path().join(&meta.ulid)).unwrap();
-        let all = b.select(&[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX).unwrap();
+        let all = b
+            .select(&[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX)
+            .unwrap();
         assert_eq!(all.len(), 20);
         for (got, (l, s)) in all.iter().zip(&input) {
             assert_eq!(&got.labels, l);
@@ -828,7 +859,10 @@ mod tests {
         let odd = Matcher::new(MatchType::Regex, "parity", "1").unwrap();
         let sel = b.select(&[odd], 5_000, 7_000).unwrap();
         assert_eq!(sel.len(), 10);
-        assert!(sel.iter().all(|s| s.samples.len() == 3 && s.samples[0].0 == 5_000));
+        assert!(
+            sel.iter()
+                .all(|s| s.samples.len() == 3 && s.samples[0].0 == 5_000)
+        );
     }
 
     #[test]
@@ -842,13 +876,19 @@ mod tests {
             assert!(packed < plain, "{c:?}: {packed} >= {plain}");
             let b = Block::open(&bdir).unwrap();
             assert_eq!(block_compression(b.meta()), c);
-            let got = b.select(&[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX).unwrap();
+            let got = b
+                .select(&[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX)
+                .unwrap();
             assert_eq!(got.len(), 50);
             assert_eq!(got[7].samples, input[7].1);
             let plain_dir = tempfile::tempdir().unwrap();
             let p = decompress_block_to(&bdir, plain_dir.path()).unwrap();
             assert!(read_meta(&p).unwrap().rimir.is_none());
-            assert_eq!(fs::metadata(p.join(INDEX_FILE)).unwrap().len() + fs::metadata(p.join("chunks/000001")).unwrap().len(), plain);
+            assert_eq!(
+                fs::metadata(p.join(INDEX_FILE)).unwrap().len()
+                    + fs::metadata(p.join("chunks/000001")).unwrap().len(),
+                plain
+            );
         }
     }
 

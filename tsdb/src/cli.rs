@@ -1,6 +1,7 @@
 //! `rimir tsdb …`: block tools mirroring promtool's, so users and tests can check interop.
 //!
-//! `create-blocks-from openmetrics IN OUT`, `dump DIR`, `list DIR`, `analyze DIR`. Output formats
+//! `create-blocks-from openmetrics IN OUT`, `dump DIR`, `list DIR`, `analyze DIR`,
+//! `decompress DIR OUT` (plain copies of cold-compressed blocks). Output formats
 //! follow promtool 2.42 (`dump` prints `labels value timestamp` lines like `promtool tsdb dump`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -56,7 +57,10 @@ pub enum CliError {
 
 /// The `rimir tsdb` command line.
 #[derive(Debug, Parser)]
-#[command(name = "rimir tsdb", about = "Inspect and create Prometheus TSDB blocks")]
+#[command(
+    name = "rimir tsdb",
+    about = "Inspect and create Prometheus TSDB blocks"
+)]
 pub struct TsdbArgs {
     #[command(subcommand)]
     command: TsdbCommand,
@@ -88,6 +92,13 @@ enum TsdbCommand {
     List {
         /// Directory holding blocks.
         dir: PathBuf,
+    },
+    /// Write plain Prometheus copies of the (possibly cold-compressed) blocks in DIR to OUT.
+    Decompress {
+        /// Directory holding blocks.
+        dir: PathBuf,
+        /// Output directory.
+        out: PathBuf,
     },
     /// Summarise the blocks in DIR: sizes, bytes per sample, label cardinalities.
     Analyze {
@@ -142,6 +153,16 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
             dump(&dir, &matchers, min_time, max_time, &mut out)?;
         }
         TsdbCommand::List { dir } => list(&dir, &mut out)?,
+        TsdbCommand::Decompress { dir, out: dst } => {
+            std::fs::create_dir_all(&dst).map_err(|source| CliError::Read {
+                path: dst.clone(),
+                source,
+            })?;
+            for d in list_block_dirs(&dir)? {
+                let p = crate::block::decompress_block_to(&d, &dst)?;
+                writeln!(out, "{}", p.display())?;
+            }
+        }
         TsdbCommand::Analyze { dir, limit } => analyze(&dir, limit, &mut out)?,
     }
     out.flush()?;
@@ -177,7 +198,10 @@ pub fn parse_selector(s: &str) -> Result<Vec<Matcher>, CliError> {
 }
 
 /// Builds 2h-aligned blocks from an OpenMetrics file, as `promtool tsdb create-blocks-from`.
-pub fn create_blocks_from_openmetrics(input: &Path, output: &Path) -> Result<Vec<BlockMeta>, CliError> {
+pub fn create_blocks_from_openmetrics(
+    input: &Path,
+    output: &Path,
+) -> Result<Vec<BlockMeta>, CliError> {
     let text = std::fs::read_to_string(input).map_err(|source| CliError::Read {
         path: input.to_path_buf(),
         source,
@@ -189,7 +213,12 @@ pub fn create_blocks_from_openmetrics(input: &Path, output: &Path) -> Result<Vec
     let mut windows: BTreeMap<i64, HashMap<Labels, Vec<Sample>>> = BTreeMap::new();
     for s in samples {
         let w = s.t.div_euclid(BLOCK_RANGE_MS) * BLOCK_RANGE_MS;
-        windows.entry(w).or_default().entry(s.labels).or_default().push((s.t, s.v));
+        windows
+            .entry(w)
+            .or_default()
+            .entry(s.labels)
+            .or_default()
+            .push((s.t, s.v));
     }
     std::fs::create_dir_all(output).map_err(|source| CliError::Read {
         path: output.to_path_buf(),
@@ -261,7 +290,14 @@ fn list(dir: &Path, out: &mut impl Write) -> Result<(), CliError> {
     writeln!(
         out,
         "{:<26} {:<14} {:<14} {:<10} {:>12} {:>10} {:>10} {:>12}",
-        "BLOCK ULID", "MIN TIME", "MAX TIME", "DURATION", "NUM SAMPLES", "NUM CHUNKS", "NUM SERIES", "SIZE"
+        "BLOCK ULID",
+        "MIN TIME",
+        "MAX TIME",
+        "DURATION",
+        "NUM SAMPLES",
+        "NUM CHUNKS",
+        "NUM SERIES",
+        "SIZE"
     )?;
     for d in list_block_dirs(dir)? {
         let m = crate::block::read_meta(&d)?;
@@ -300,7 +336,11 @@ fn analyze(dir: &Path, limit: usize, out: &mut impl Write) -> Result<(), CliErro
         let index_bytes = b.index().file_size();
         let chunk_bytes = b.chunk_reader().total_bytes();
         writeln!(out, "Block ID: {}", m.ulid)?;
-        writeln!(out, "Duration: {}", format_duration_ms(m.max_time - m.min_time))?;
+        writeln!(
+            out,
+            "Duration: {}",
+            format_duration_ms(m.max_time - m.min_time)
+        )?;
         writeln!(out, "Series: {}", m.stats.num_series)?;
         writeln!(out, "Samples: {}", m.stats.num_samples)?;
         writeln!(out, "Chunks: {}", m.stats.num_chunks)?;
@@ -314,7 +354,11 @@ fn analyze(dir: &Path, limit: usize, out: &mut impl Write) -> Result<(), CliErro
             }
         };
         writeln!(out, "Bytes/sample (chunks): {:.3}", per(chunk_bytes))?;
-        writeln!(out, "Bytes/sample (chunks+index): {:.3}", per(chunk_bytes + index_bytes))?;
+        writeln!(
+            out,
+            "Bytes/sample (chunks+index): {:.3}",
+            per(chunk_bytes + index_bytes)
+        )?;
         let mut cards = Vec::new();
         for name in b.label_names()? {
             let n = b.label_values(&name)?.len();
@@ -374,7 +418,11 @@ pub fn format_go_g(v: f64) -> String {
         return "NaN".into();
     }
     if v.is_infinite() {
-        return if v > 0.0 { "+Inf".into() } else { "-Inf".into() };
+        return if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        };
     }
     let sign = if v.is_sign_negative() { "-" } else { "" };
     if v == 0.0 {
@@ -400,7 +448,11 @@ pub fn format_go_g(v: f64) -> String {
     } else if dp >= nd {
         format!("{sign}{digits}{}", "0".repeat((dp - nd) as usize))
     } else {
-        format!("{sign}{}.{}", &digits[..dp as usize], &digits[dp as usize..])
+        format!(
+            "{sign}{}.{}",
+            &digits[..dp as usize],
+            &digits[dp as usize..]
+        )
     }
 }
 

@@ -31,15 +31,12 @@ pub fn compact_blocks(
         c.advance()?;
     }
     let mut w = BlockWriter::new(parent)?;
-    loop {
-        let Some(min) = cursors
-            .iter()
-            .filter_map(|c| c.head.as_ref().map(|h| &h.0))
-            .min()
-            .cloned()
-        else {
-            break;
-        };
+    while let Some(min) = cursors
+        .iter()
+        .filter_map(|c| c.head.as_ref().map(|h| &h.0))
+        .min()
+        .cloned()
+    {
         let mut parts: Vec<Vec<Sample>> = Vec::new();
         for c in &mut cursors {
             if c.head.as_ref().is_some_and(|h| h.0 == min) {
@@ -121,18 +118,22 @@ mod tests {
     #[test]
     fn overlapping_replicas_deduplicate_and_adjacent_ranges_concatenate() {
         let dir = tempfile::tempdir().unwrap();
-        let a: Vec<(Labels, Vec<Sample>)> =
-            (0..5).map(|i| (lbl(i), (0..100).map(|t| (t * 10, t as f64)).collect())).collect();
+        let a: Vec<(Labels, Vec<Sample>)> = (0..5)
+            .map(|i| (lbl(i), (0..100).map(|t| (t * 10, t as f64)).collect()))
+            .collect();
         let mut b = a.clone();
         b.push((lbl(9), vec![(5, 1.0)]));
-        let c: Vec<(Labels, Vec<Sample>)> =
-            (0..5).map(|i| (lbl(i), (100..200).map(|t| (t * 10, t as f64)).collect())).collect();
+        let c: Vec<(Labels, Vec<Sample>)> = (0..5)
+            .map(|i| (lbl(i), (100..200).map(|t| (t * 10, t as f64)).collect()))
+            .collect();
         let metas: Vec<BlockMeta> = [a, b, c]
             .into_iter()
             .map(|s| write_block(dir.path(), s, &BlockOptions::default()).unwrap())
             .collect();
-        let blocks: Vec<Block> =
-            metas.iter().map(|m| Block::open(&dir.path().join(&m.ulid)).unwrap()).collect();
+        let blocks: Vec<Block> = metas
+            .iter()
+            .map(|m| Block::open(&dir.path().join(&m.ulid)).unwrap())
+            .collect();
         let out = tempfile::tempdir().unwrap();
         let meta = compact_blocks(&blocks, out.path(), "test").unwrap();
         assert_eq!(meta.compaction.level, 2);
@@ -140,7 +141,12 @@ mod tests {
         assert_eq!(meta.stats.num_series, 6);
         assert_eq!(meta.stats.num_samples, 5 * 200 + 1);
         let merged = Block::open(&out.path().join(&meta.ulid)).unwrap();
-        let s = merged.select(&[Matcher::equal("i", "3")], i64::MIN, i64::MAX).unwrap();
-        assert_eq!(s[0].samples, (0..200).map(|t| (t * 10, t as f64)).collect::<Vec<_>>());
+        let s = merged
+            .select(&[Matcher::equal("i", "3")], i64::MIN, i64::MAX)
+            .unwrap();
+        assert_eq!(
+            s[0].samples,
+            (0..200).map(|t| (t * 10, t as f64)).collect::<Vec<_>>()
+        );
     }
 }

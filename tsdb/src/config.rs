@@ -169,6 +169,10 @@ impl Target {
     pub fn runs_ingester(self) -> bool {
         matches!(self, Target::All | Target::Ingester)
     }
+    /// Whether this process runs the compactor.
+    pub fn runs_compactor(self) -> bool {
+        matches!(self, Target::All | Target::Compactor)
+    }
     /// Whether this process runs the querier.
     pub fn runs_querier(self) -> bool {
         matches!(self, Target::All | Target::Querier)
@@ -205,6 +209,8 @@ pub struct Config {
     pub blocks_storage: BlocksStorageConfig,
     /// Compactor settings.
     pub compactor: CompactorConfig,
+    /// Querier settings.
+    pub querier: QuerierConfig,
     /// Default per-tenant limits.
     pub limits: Limits,
     /// Per-tenant overrides of `limits` (Mimir's runtime-config `overrides`): tenant → keys.
@@ -223,6 +229,7 @@ impl Default for Config {
             ingester: IngesterConfig::default(),
             blocks_storage: BlocksStorageConfig::default(),
             compactor: CompactorConfig::default(),
+            querier: QuerierConfig::default(),
             limits: Limits::default(),
             overrides: BTreeMap::new(),
             compression: CompressionConfig::default(),
@@ -454,18 +461,65 @@ impl TsdbConfig {
     }
 }
 
+/// `querier.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuerierConfig {
+    /// Queries reaching into this window of the past also ask the ingesters (13h).
+    pub query_ingesters_within: GoDuration,
+    /// Where blocks read from the bucket are cached.
+    pub cache_dir: PathBuf,
+    /// Most series one query may fetch (0: unlimited).
+    pub max_fetched_series_per_query: usize,
+    /// Most samples one query may load and produce (50 000 000).
+    pub max_samples: usize,
+    /// Longest evaluation time of one query (2m).
+    pub timeout: GoDuration,
+}
+
+impl Default for QuerierConfig {
+    fn default() -> Self {
+        Self {
+            query_ingesters_within: GoDuration::hours(13),
+            cache_dir: PathBuf::from("./data/querier"),
+            max_fetched_series_per_query: 0,
+            max_samples: 50_000_000,
+            timeout: GoDuration::minutes(2),
+        }
+    }
+}
+
 /// `compactor.*`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CompactorConfig {
     /// The compactor's working directory (its PVC).
     pub data_dir: PathBuf,
+    /// Compaction ranges, ascending; the first is the ingesters' block range (2h, 12h, 24h).
+    pub block_ranges: Vec<GoDuration>,
+    /// How long a block marked for deletion stays readable before it is removed (12h).
+    pub deletion_delay: GoDuration,
+    /// Time between compaction runs (1h).
+    pub compaction_interval: GoDuration,
+    /// Partial uploads (no meta.json) untouched this long are removed (1d).
+    pub partial_block_deletion_delay: GoDuration,
+    /// Cap on the bytes the data dir may use, below the volume's free space (0: no cap).
+    pub max_data_dir_bytes: u64,
 }
 
 impl Default for CompactorConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./data/compactor"),
+            block_ranges: vec![
+                GoDuration::hours(2),
+                GoDuration::hours(12),
+                GoDuration::hours(24),
+            ],
+            deletion_delay: GoDuration::hours(12),
+            compaction_interval: GoDuration::hours(1),
+            partial_block_deletion_delay: GoDuration::hours(24),
+            max_data_dir_bytes: 0,
         }
     }
 }
@@ -519,6 +573,8 @@ pub struct Limits {
     pub creation_grace_period: GoDuration,
     /// Active series per tenant across the cluster (150 000; 0 = unlimited).
     pub max_global_series_per_user: u64,
+    /// Blocks whose data ended longer ago than this are deleted by the compactor (0 = keep).
+    pub compactor_blocks_retention_period: GoDuration,
 }
 
 impl Default for Limits {
@@ -531,6 +587,7 @@ impl Default for Limits {
             max_label_value_length: 2048,
             creation_grace_period: GoDuration::minutes(10),
             max_global_series_per_user: 150_000,
+            compactor_blocks_retention_period: GoDuration(std::time::Duration::ZERO),
         }
     }
 }
@@ -574,6 +631,15 @@ impl Config {
         if self.blocks_storage.tsdb.block_range_ms() <= 0 {
             return Err(ConfigError::Invalid(
                 "blocks_storage.tsdb.block_ranges_period must be positive".into(),
+            ));
+        }
+        let ranges = &self.compactor.block_ranges;
+        if ranges.is_empty()
+            || ranges.iter().any(|d| d.0.is_zero())
+            || ranges.windows(2).any(|w| w[1].0 <= w[0].0)
+        {
+            return Err(ConfigError::Invalid(
+                "compactor.block_ranges must be positive and strictly ascending (e.g. [2h, 12h, 24h])".into(),
             ));
         }
         if self.blocks_storage.backend == Backend::S3
@@ -679,6 +745,9 @@ pub struct Flags {
     /// Compactor working directory.
     #[arg(long = "compactor.data-dir")]
     pub compactor_data_dir: Option<PathBuf>,
+    /// Run one compaction pass over the bucket and exit (tests, cron jobs).
+    #[arg(long = "compactor.run-once")]
+    pub compactor_run_once: bool,
     /// Replication factor.
     #[arg(long = "ingester.ring.replication-factor")]
     pub replication_factor: Option<usize>,

@@ -368,6 +368,10 @@ fn cut_blocks(db: &dyn Tsdb, dir: &Path, range: i64, all: bool) -> Result<bool, 
         if !complete {
             break;
         }
+        // A forced flush of the range holding the newest sample cuts only up to that sample
+        // (as Mimir's forced head compaction does), so later samples of the range are still
+        // accepted; the compactor merges the range's blocks later.
+        let end = if all { end.min(maxt + 1) } else { end };
         db.write_block(start, end, dir)?;
         db.truncate_before(end)?;
         cut = true;

@@ -23,9 +23,10 @@ pub mod labels;
 pub mod metrics;
 pub mod objstore;
 pub mod openmetrics;
+pub mod promql;
+pub mod querier;
 pub mod ring;
 pub mod series;
 pub mod server;
 pub mod storage;
-
 pub mod wal;

@@ -66,6 +66,35 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if cli.flags.compactor_run_once {
+        return rt.block_on(async move {
+            let c = match rimir_tsdb::server::open_compactor(&cfg).await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("rimir: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match c.run_once().await {
+                Ok(r) => {
+                    println!(
+                        "compaction done: tenants={} jobs={} written={:?} marked={} deleted={} \
+                         partials_deleted={} skipped={} bytes_plain={} bytes_stored={} data_dir_peak_bytes={}",
+                        r.tenants, r.jobs, r.blocks_written, r.marked, r.deleted, r.partials_deleted,
+                        r.skipped.len(), r.bytes_plain, r.bytes_stored, r.data_dir_peak_bytes
+                    );
+                    for s in &r.skipped {
+                        println!("skipped: {s}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rimir: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        });
+    }
     rt.block_on(async move {
         let running = match rimir_tsdb::server::start(cfg, rimir_tsdb::storage::open).await {
             Ok(r) => r,

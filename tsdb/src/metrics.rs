@@ -129,6 +129,13 @@ impl Metrics {
     }
 
     /// The text exposition of every metric.
+    /// Registers more metrics (another role's) into the same registry.
+    pub fn register_with(&self, f: impl FnOnce(&mut Registry)) {
+        let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut r);
+    }
+
+    /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let r = self.registry.lock().unwrap_or_else(|e| e.into_inner());

@@ -60,7 +60,9 @@ pub fn parse(text: &str) -> Result<Vec<OmSample>, ParseError> {
 }
 
 fn parse_sample(line: &str) -> Result<OmSample, String> {
-    let name_end = line.find(['{', ' ']).ok_or("expected a metric name followed by a value")?;
+    let name_end = line
+        .find(['{', ' '])
+        .ok_or("expected a metric name followed by a value")?;
     let name = &line[..name_end];
     if !valid_metric_name(name) {
         return Err(format!("invalid metric name {name:?}"));
@@ -76,11 +78,13 @@ fn parse_sample(line: &str) -> Result<OmSample, String> {
     let ts = fields
         .next()
         .ok_or("missing timestamp: every sample needs one to be written to a block")?;
-    let secs: f64 = ts.parse().map_err(|_| format!("invalid timestamp {ts:?}"))?;
-    if let Some(extra) = fields.next() {
-        if !extra.starts_with('#') {
-            return Err(format!("unexpected text {extra:?} after the timestamp"));
-        }
+    let secs: f64 = ts
+        .parse()
+        .map_err(|_| format!("invalid timestamp {ts:?}"))?;
+    if let Some(extra) = fields.next()
+        && !extra.starts_with('#')
+    {
+        return Err(format!("unexpected text {extra:?} after the timestamp"));
     }
     let mut names: Vec<&str> = pairs.iter().map(|(n, _)| n.as_str()).collect();
     names.sort_unstable();
@@ -95,7 +99,10 @@ fn parse_sample(line: &str) -> Result<OmSample, String> {
 }
 
 /// Parses `name="value",...}` and returns what follows the closing brace.
-fn parse_label_block<'a>(mut s: &'a str, pairs: &mut Vec<(String, String)>) -> Result<&'a str, String> {
+fn parse_label_block<'a>(
+    mut s: &'a str,
+    pairs: &mut Vec<(String, String)>,
+) -> Result<&'a str, String> {
     loop {
         s = s.trim_start_matches([' ', ',']);
         if let Some(r) = s.strip_prefix('}') {
@@ -183,6 +190,11 @@ mod tests {
         let e = parse("up 1 1\n0bad 1 1\n# EOF\n").unwrap_err();
         assert_eq!(e.line, 2);
         assert!(e.what.contains("0bad"));
-        assert!(parse("up{a=\"1\",a=\"2\"} 1 1\n# EOF\n").unwrap_err().what.contains("duplicate"));
+        assert!(
+            parse("up{a=\"1\",a=\"2\"} 1 1\n# EOF\n")
+                .unwrap_err()
+                .what
+                .contains("duplicate")
+        );
     }
 }

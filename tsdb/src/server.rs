@@ -51,6 +51,8 @@ pub struct AppState {
     pub distributor: Option<Arc<Distributor>>,
     /// The ingester, when this process runs one.
     pub ingester: Option<Arc<Ingester>>,
+    /// The compactor, when this process runs one.
+    pub compactor: Option<Arc<crate::compactor::Compactor>>,
 }
 
 /// The HTTP routes of the write path and the process endpoints. The querier's Prometheus API
@@ -62,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/config", get(config))
         .route("/ingester/flush", post(flush).get(flush))
+        .route("/compactor/status", get(compactor_status))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -104,6 +107,18 @@ async fn push(State(s): State<AppState>, req: Request) -> Response {
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The compactor's settings and the jobs it last skipped for lack of disk.
+async fn compactor_status(State(s): State<AppState>) -> Response {
+    match &s.compactor {
+        Some(c) => c.status_text().into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "this process does not run the compactor\n",
+        )
+            .into_response(),
+    }
 }
 
 /// Vector's default healthcheck GETs the push URL.
@@ -303,6 +318,97 @@ pub async fn start(
         None
     };
 
+    let compactor = if cfg.target.runs_compactor() {
+        let c = Arc::new(open_compactor(&cfg).await?);
+        metrics.register_with(|r| c.metrics().register(r));
+        let (c2, every, mut rx) = (
+            c.clone(),
+            cfg.compactor
+                .compaction_interval
+                .0
+                .max(Duration::from_secs(1)),
+            stop_rx.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                if let Err(e) = c2.run_once().await {
+                    tracing::error!(error = %e, "compaction run");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = rx.wait_for(|s| *s) => return,
+                }
+            }
+        }));
+        Some(c)
+    } else {
+        None
+    };
+
+    let query_api = if cfg.target.runs_querier() {
+        let pool = match (&ingester, cfg.target) {
+            (Some(ing), Target::All) => {
+                let svc: Arc<dyn IngesterService> = ing.clone();
+                Arc::new(IngesterPool::local(
+                    &cfg.ingester.ring.instance_id,
+                    svc,
+                    &cfg,
+                ))
+            }
+            _ => {
+                let pool = Arc::new(IngesterPool::new(&cfg));
+                if !cfg.ingester.ring.join_members.is_empty() {
+                    let (pool, cfg, mut rx) = (pool.clone(), cfg.clone(), stop_rx.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let every = cfg
+                            .ingester
+                            .ring
+                            .dns_refresh_interval
+                            .0
+                            .max(Duration::from_secs(1));
+                        loop {
+                            pool.refresh(&cfg).await;
+                            tokio::select! {
+                                _ = tokio::time::sleep(every) => {}
+                                _ = rx.wait_for(|s| *s) => return,
+                            }
+                        }
+                    }));
+                }
+                pool
+            }
+        };
+        let bucket = crate::storage::bucket_config(&cfg).map_err(ServerError::Storage)?;
+        let store = crate::objstore::open_bucket(&bucket)
+            .await
+            .map_err(|e| ServerError::Storage(e.to_string()))?;
+        let q = &cfg.querier;
+        let tenants = crate::querier::sources::QuerierTenants::new(
+            Some(pool),
+            Some(store),
+            q.cache_dir.clone(),
+            q.query_ingesters_within.0,
+            tokio::runtime::Handle::current(),
+        );
+        let engine = crate::promql::Engine {
+            limits: crate::promql::Limits {
+                max_fetched_series: q.max_fetched_series_per_query,
+                max_samples: q.max_samples,
+                timeout: q.timeout.0,
+            },
+            ..crate::promql::Engine::default()
+        };
+        Some(crate::api::prometheus::router(
+            crate::api::prometheus::ApiState {
+                tenants: Arc::new(tenants),
+                engine,
+                multitenancy: cfg.multitenancy_enabled,
+            },
+        ))
+    } else {
+        None
+    };
+
     let addr = format!(
         "{}:{}",
         cfg.server.http_listen_address, cfg.server.http_listen_port
@@ -324,7 +430,12 @@ pub async fn start(
         metrics,
         distributor,
         ingester: ingester.clone(),
+        compactor,
     });
+    let app = match query_api {
+        Some(q) => app.merge(q),
+        None => app,
+    };
     let mut rx = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
         let stopped = async move {
@@ -346,6 +457,16 @@ pub async fn start(
         ingester,
         flush_on_shutdown: cfg.blocks_storage.tsdb.flush_blocks_on_shutdown,
     })
+}
+
+/// Opens the bucket and builds the compactor of `cfg`.
+pub async fn open_compactor(cfg: &Config) -> Result<crate::compactor::Compactor, ServerError> {
+    let settings = crate::compactor::CompactorSettings::from_config(cfg)?;
+    let bucket = crate::storage::bucket_config(cfg).map_err(ServerError::Storage)?;
+    let store = crate::objstore::open_bucket(&bucket)
+        .await
+        .map_err(|e| ServerError::Storage(e.to_string()))?;
+    Ok(crate::compactor::Compactor::new(store, settings))
 }
 
 /// Resolves when SIGTERM or Ctrl-C arrives.

@@ -1,5 +1,5 @@
-//! Opening arbitrary bytes as an index file must never panic: `IndexReader::open` returns an
-//! error naming the file and offset, or a reader.
+//! Reading arbitrary bytes as an index file must never panic: `IndexReader::open` and the reads
+//! a query makes return errors naming the file and offset, or data.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,5 +11,22 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(&path, data).is_err() {
         return;
     }
-    let _ = IndexReader::open(&path);
+    let Ok(reader) = IndexReader::open(&path) else {
+        return;
+    };
+    if let Ok(refs) = reader.all_postings() {
+        for r in refs.into_iter().take(256) {
+            let _ = reader.series(r);
+        }
+    }
+    if let Ok(names) = reader.label_names() {
+        for name in names.iter().take(64) {
+            if let Ok(values) = reader.label_values(name) {
+                for value in values.iter().take(64) {
+                    let _ = reader.postings(name, value);
+                }
+            }
+        }
+    }
+    let _ = reader.symbols();
 });

@@ -1,4 +1,5 @@
-//! The wire formats rimir speaks over HTTP: Prometheus remote-write (and, beside it, the
-//! Prometheus query API).
+//! The wire formats rimir speaks over HTTP: Prometheus remote-write for the write path and the
+//! Prometheus query API ([`prometheus`]) that Grafana and `promtool` use.
 
+pub mod prometheus;
 pub mod remote_write;

@@ -1,6 +1,7 @@
 //! One series in the head: its labels, closed XOR chunks, the chunk being appended to, and (with
 //! an out-of-order window) the samples that arrived late.
 
+use super::labelkey::LabelKey;
 use crate::chunkenc::{MAX_SAMPLES_PER_CHUNK, XorChunk, compute_chunk_end_time};
 use crate::labels::Labels;
 use crate::series::{Sample, merge_samples};
@@ -33,7 +34,7 @@ pub(crate) enum Stored {
 
 #[derive(Debug)]
 pub(crate) struct MemSeries {
-    pub(crate) labels: Labels,
+    pub(crate) labels: LabelKey,
     pub(crate) closed: Vec<ClosedChunk>,
     pub(crate) open: Option<OpenChunk>,
     /// Latest in-order sample.
@@ -49,9 +50,9 @@ fn range_end(t: i64, range: i64) -> i64 {
 }
 
 impl MemSeries {
-    pub(crate) fn new(labels: Labels) -> Self {
+    pub(crate) fn new(labels: &Labels) -> Self {
         Self {
-            labels,
+            labels: LabelKey::new(labels),
             closed: Vec::new(),
             open: None,
             last: None,
@@ -139,7 +140,7 @@ impl MemSeries {
             .copied()
             .collect();
         SeriesSnapshot {
-            labels: self.labels.clone(),
+            labels: self.labels.to_labels(),
             chunks,
             ooo,
         }
@@ -188,11 +189,7 @@ impl MemSeries {
 
     /// Heap and inline bytes this series holds (labels, chunks, late samples).
     pub(crate) fn memory_bytes(&self) -> usize {
-        let labels: usize = self
-            .labels
-            .iter()
-            .map(|l| std::mem::size_of_val(l) + l.name.capacity() + l.value.capacity())
-            .sum();
+        let labels = self.labels.heap_bytes();
         let closed: usize = self
             .closed
             .iter()
@@ -251,7 +248,7 @@ mod tests {
 
     #[test]
     fn chunks_are_cut_near_120_samples_and_at_range_boundaries() {
-        let mut s = MemSeries::new(Labels::default());
+        let mut s = MemSeries::new(&Labels::default());
         // 15 s scrape over 4 hours: 960 samples, two 2h ranges.
         for i in 0..960 {
             assert_eq!(s.store(i * 15_000, i as f64, H2), Stored::InOrder);
@@ -270,7 +267,7 @@ mod tests {
 
     #[test]
     fn late_samples_merge_and_duplicates_are_not_stored_twice() {
-        let mut s = MemSeries::new(Labels::default());
+        let mut s = MemSeries::new(&Labels::default());
         assert_eq!(s.store(100, 1.0, H2), Stored::InOrder);
         assert_eq!(s.store(300, 3.0, H2), Stored::InOrder);
         assert_eq!(s.store(200, 2.0, H2), Stored::OutOfOrder);

@@ -6,6 +6,7 @@
 //! order the head stored them, and replaying it rebuilds the same state. Readers take a shared
 //! lock only to copy chunk bytes and decode after releasing it.
 
+mod labelkey;
 mod memseries;
 mod postings;
 
@@ -150,14 +151,40 @@ pub struct ReplayReport {
     pub duration: Duration,
 }
 
+/// A hasher for maps keyed by series references and label hashes: one multiply-rotate step per
+/// word instead of SipHash (keys are not attacker-chosen: references are sequential and label
+/// hashes already mixed).
+#[derive(Debug, Default, Clone, Copy)]
+struct RefHasher(u64);
+
+impl std::hash::Hasher for RefHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type RefMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<RefHasher>>;
+
 /// The in-memory state, under one reader-writer lock.
 #[derive(Debug, Default)]
 struct HeadData {
-    series: HashMap<u64, MemSeries>,
-    /// Series references by label hash (collisions hold several).
-    by_hash: HashMap<u64, Vec<u64>>,
+    series: RefMap<MemSeries>,
+    /// Series reference by label hash: the first series with that hash.
+    by_hash: RefMap<u64>,
+    /// Further series whose label hash collides with an entry of `by_hash` (practically empty).
+    collisions: RefMap<Vec<u64>>,
     /// WAL references of duplicate series records, mapped to the series they name.
-    aliases: HashMap<u64, u64>,
+    aliases: RefMap<u64>,
     postings: Postings,
     num_samples: u64,
     min_time: Option<i64>,
@@ -168,16 +195,52 @@ struct HeadData {
 
 impl HeadData {
     fn lookup(&self, labels: &Labels, hash: u64) -> Option<u64> {
-        self.by_hash
+        let first = *self.by_hash.get(&hash)?;
+        if self
+            .series
+            .get(&first)
+            .is_some_and(|s| s.labels.equals(labels))
+        {
+            return Some(first);
+        }
+        self.collisions
             .get(&hash)?
             .iter()
             .copied()
-            .find(|r| self.series.get(r).is_some_and(|s| &s.labels == labels))
+            .find(|r| self.series.get(r).is_some_and(|s| s.labels.equals(labels)))
+    }
+
+    fn remove_series(&mut self, r: u64, labels: &Labels) {
+        self.remove_series_hashed(r, labels.stable_hash());
+    }
+
+    fn remove_series_hashed(&mut self, r: u64, hash: u64) {
+        self.series.remove(&r);
+        let others = self.collisions.get_mut(&hash);
+        if self.by_hash.get(&hash) == Some(&r) {
+            match others.and_then(|o| o.pop()) {
+                Some(next) => {
+                    self.by_hash.insert(hash, next);
+                }
+                None => {
+                    self.by_hash.remove(&hash);
+                }
+            }
+        } else if let Some(o) = others {
+            o.retain(|x| *x != r);
+        }
+        if self.collisions.get(&hash).is_some_and(|o| o.is_empty()) {
+            self.collisions.remove(&hash);
+        }
     }
 
     /// Adds a series under `r`; when the labels already have a series, `r` becomes its alias.
     fn insert_series(&mut self, r: u64, labels: Labels) -> bool {
         let hash = labels.stable_hash();
+        self.insert_series_hashed(r, labels, hash)
+    }
+
+    fn insert_series_hashed(&mut self, r: u64, labels: Labels, hash: u64) -> bool {
         if let Some(existing) = self.lookup(&labels, hash) {
             if existing != r {
                 self.aliases.insert(r, existing);
@@ -185,8 +248,15 @@ impl HeadData {
             return false;
         }
         self.postings.add(r, &labels);
-        self.by_hash.entry(hash).or_default().push(r);
-        self.series.insert(r, MemSeries::new(labels));
+        match self.by_hash.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collisions.entry(hash).or_default().push(r)
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(r);
+            }
+        }
+        self.series.insert(r, MemSeries::new(&labels));
         true
     }
 
@@ -327,6 +397,8 @@ impl Head {
     /// crash. Rejected samples (out of order beyond the window, a new value for a stored
     /// timestamp, older than the head accepts) are counted per series; the rest of the batch is
     /// stored. A WAL error fails the whole call and stores nothing.
+    ///
+    /// Blocks on disk I/O (`write` + `fdatasync`): call it from `spawn_blocking` in async code.
     pub fn append(&self, batch: &[(Labels, Vec<Sample>)]) -> Result<AppendSummary, HeadError> {
         let mut summary = AppendSummary::default();
         let wal_err = |source| HeadError::Wal {
@@ -337,8 +409,8 @@ impl Head {
             let mut app = lock(&self.appender);
             let window = self.opts.out_of_order_window_ms;
             let mut new_series: Vec<RefSeries> = Vec::new();
-            let mut new_by_hash: HashMap<u64, Vec<usize>> = HashMap::new();
-            let mut pending: HashMap<u64, Pending> = HashMap::new();
+            let mut new_by_hash: RefMap<Vec<usize>> = RefMap::default();
+            let mut pending: RefMap<Pending> = RefMap::default();
             let mut samples: Vec<RefSample> =
                 Vec::with_capacity(batch.iter().map(|b| b.1.len()).sum());
             {
@@ -425,6 +497,11 @@ impl Head {
                 records.push(Record::Samples(samples));
             }
             if records.is_empty() {
+                // Nothing new, but accepted duplicates may match samples another appender logged
+                // and has not synced yet: wait for what is logged so far.
+                let target = app.wal.logged_bytes();
+                drop(app);
+                self.wait_durable(target).map_err(wal_err)?;
                 return Ok(summary);
             }
             app.wal.log(&records).map_err(wal_err)?;
@@ -479,7 +556,11 @@ impl Head {
             candidates
                 .into_iter()
                 .filter_map(|r| data.series.get(&r))
-                .filter(|s| matchers.iter().all(|m| m.matches_labels(&s.labels)))
+                .filter(|s| {
+                    matchers
+                        .iter()
+                        .all(|m| m.matches(s.labels.get(&m.name).unwrap_or("")))
+                })
                 .map(|s| s.snapshot(mint, maxt))
                 .collect::<Vec<_>>()
         };
@@ -495,6 +576,14 @@ impl Head {
             .collect();
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         out
+    }
+
+    /// Rejects samples older than `t` from now on (as [`RejectReason::SampleOutOfBounds`]). The
+    /// limit is not persisted: after a restart, the owner sets it from the newest block already
+    /// cut (Prometheus does the same), so the head does not take samples that block covers.
+    pub fn set_min_valid_time(&self, t: i64) {
+        let mut data = write(&self.data);
+        data.min_valid_time = data.min_valid_time.max(t);
     }
 
     /// Label names of the series in the head, sorted.
@@ -533,8 +622,8 @@ impl Head {
         let series: usize = data.series.values().map(|s| s.memory_bytes()).sum();
         // Hash map slots (key + value + control byte), label-hash map, postings entries.
         let map = data.series.capacity() * (8 + std::mem::size_of::<MemSeries>() + 1);
-        let hashes = data.by_hash.capacity() * (8 + 24 + 1) + data.series.len() * 8;
-        let labels_total: usize = data.series.values().map(|s| s.labels.len()).sum();
+        let hashes = data.by_hash.capacity() * (8 + 8 + 1);
+        let labels_total: usize = data.series.values().map(|s| s.labels.pairs().count()).sum();
         series + map + hashes + labels_total * 8
     }
 
@@ -579,18 +668,11 @@ impl Head {
             for (&r, s) in data.series.iter_mut() {
                 dropped += s.truncate_before(t);
                 if s.is_empty() {
-                    removed.insert(r, s.labels.clone());
+                    removed.insert(r, s.labels.to_labels());
                 }
             }
             for (r, labels) in &removed {
-                data.series.remove(r);
-                let hash = labels.stable_hash();
-                if let Some(v) = data.by_hash.get_mut(&hash) {
-                    v.retain(|x| x != r);
-                    if v.is_empty() {
-                        data.by_hash.remove(&hash);
-                    }
-                }
+                data.remove_series(*r, labels);
             }
             data.postings.remove(&removed);
             let HeadData {

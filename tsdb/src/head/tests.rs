@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::*;
 use crate::labels::MatchType;
@@ -214,6 +215,20 @@ fn truncation_drops_old_data_checkpoints_and_rejects_older_samples() {
     assert_eq!(head.num_series(), 2);
     assert_eq!(head.num_samples(), 241);
     assert_eq!(head.series_for_block(0, h2).len(), 0);
+    // The bound is not persisted; the owner restores it from its newest block.
+    head.set_min_valid_time(h2);
+    let s = head
+        .append(&[(l("late", "b"), vec![(h2 - 1, 1.0)])])
+        .unwrap();
+    assert_eq!(
+        s.rejected[0].counts,
+        vec![(RejectReason::SampleOutOfBounds, 1)]
+    );
+    assert!(
+        s.rejected[0]
+            .message
+            .contains("err-mimir-sample-timestamp-too-old")
+    );
 }
 
 #[test]
@@ -272,4 +287,79 @@ fn memory_per_series_stays_small() {
         per_series > 300 && per_series < 2500,
         "{per_series} bytes per series"
     );
+}
+
+#[test]
+fn series_with_colliding_label_hashes_stay_apart() {
+    let mut d = HeadData::default();
+    let (a, b, c) = (l("a", "x"), l("b", "x"), l("c", "x"));
+    assert!(d.insert_series_hashed(1, a.clone(), 7));
+    assert!(d.insert_series_hashed(2, b.clone(), 7));
+    assert!(d.insert_series_hashed(3, c.clone(), 7));
+    assert!(
+        !d.insert_series_hashed(4, b.clone(), 7),
+        "same labels: alias"
+    );
+    assert_eq!(d.aliases.get(&4), Some(&2));
+    assert_eq!(
+        (d.lookup(&a, 7), d.lookup(&b, 7), d.lookup(&c, 7)),
+        (Some(1), Some(2), Some(3))
+    );
+    d.remove_series_hashed(1, 7);
+    assert_eq!(
+        (d.lookup(&a, 7), d.lookup(&b, 7), d.lookup(&c, 7)),
+        (None, Some(2), Some(3))
+    );
+    d.remove_series_hashed(2, 7);
+    d.remove_series_hashed(3, 7);
+    assert!(d.by_hash.is_empty() && d.collisions.is_empty());
+}
+
+#[test]
+fn truncation_concurrent_with_appends_keeps_every_recent_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = HeadOptions {
+        wal: WalOptions {
+            segment_size: 2 * crate::wal::PAGE_SIZE,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (head, _) = Head::open(dir.path(), opts.clone()).unwrap();
+    let head = Arc::new(head);
+    let writer = {
+        let head = head.clone();
+        std::thread::spawn(move || {
+            for t in 1..=600i64 {
+                let batch: Vec<_> = (0..10)
+                    .map(|i| {
+                        (
+                            l("conc", &format!("s{i}")),
+                            vec![(t * 1000, (t + i) as f64)],
+                        )
+                    })
+                    .collect();
+                head.append(&batch).unwrap();
+            }
+        })
+    };
+    let mut cut = 0;
+    while !writer.is_finished() {
+        let max = head.max_time().unwrap_or(0);
+        cut = cut.max(max - 50_000);
+        head.truncate_before(cut).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    writer.join().unwrap();
+    drop(Arc::try_unwrap(head).unwrap());
+    let (head, report) = Head::open(dir.path(), opts).unwrap();
+    assert!(report.checkpoint.is_some(), "no checkpoint was written");
+    for i in 0..10i64 {
+        let s = head.select(&[Matcher::equal("job", format!("s{i}"))], cut, i64::MAX);
+        let want: Vec<Sample> = (1..=600i64)
+            .filter(|t| t * 1000 >= cut)
+            .map(|t| (t * 1000, (t + i) as f64))
+            .collect();
+        assert_eq!(s[0].samples, want, "series s{i} after cut {cut}");
+    }
 }

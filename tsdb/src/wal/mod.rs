@@ -636,6 +636,9 @@ impl Wal {
     fn room(&self, seg_len: u64) -> u64 {
         let page = PAGE_SIZE as u64;
         let header = HEADER_SIZE as u64;
+        if seg_len >= self.opts.segment_size as u64 {
+            return 0;
+        }
         let page_left = page - seg_len % page;
         let mut room = page_left.saturating_sub(header);
         let after = (self.opts.segment_size as u64).saturating_sub(seg_len + page_left);

@@ -162,6 +162,17 @@ impl SegmentReader {
                 offset: start,
                 reason: format!("snappy header: {e}"),
             })?;
+            // Snappy expands at most ~32x (a 2-byte copy yields 64 bytes); a larger claim is a
+            // damaged header, and must not make us allocate gigabytes.
+            if n > self.record.len().saturating_mul(64).saturating_add(1024) {
+                return Err(ReadError::Corrupt {
+                    offset: start,
+                    reason: format!(
+                        "snappy header claims {n} bytes from {} compressed bytes",
+                        self.record.len()
+                    ),
+                });
+            }
             self.decompressed.resize(n, 0);
             snap::raw::Decoder::new()
                 .decompress(&self.record, &mut self.decompressed)

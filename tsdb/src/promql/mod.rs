@@ -1,0 +1,125 @@
+//! PromQL evaluation: queries are parsed by the `promql-parser` crate and evaluated here against
+//! any [`Queryable`](crate::querier::Queryable), with Prometheus 2.42's semantics (5 minute
+//! lookback, stale markers, `offset`/`@`, subqueries, vector matching, every function).
+//!
+//! Start at [`Engine`]. Evaluation runs step by step: each selector's series are fetched once for
+//! the whole query range, and every step reads only the samples it needs from them.
+
+mod aggregate;
+mod binary;
+mod engine;
+mod functions;
+mod parse;
+
+pub use engine::{Engine, Limits, Sample, Value, now_ms, selector_matchers};
+pub use parse::parse;
+
+/// The bit pattern Prometheus writes as a staleness marker: a NaN that ends a series.
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// Whether `v` is a staleness marker (compared by bits: other NaNs are ordinary values).
+pub fn is_stale_nan(v: f64) -> bool {
+    v.to_bits() == STALE_NAN_BITS
+}
+
+/// Formats a sample value as Prometheus' API does: `NaN`, `+Inf`, `-Inf`, otherwise the shortest
+/// representation that round-trips, in exponent form below 1e-6 and from 1e21 on.
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        };
+    }
+    let abs = v.abs();
+    if abs != 0.0 && !(1e-6..1e21).contains(&abs) {
+        // Go's 'e' format: mantissa digits, then e, sign and an exponent of at least 2 digits.
+        let s = format!("{v:e}");
+        let (mant, exp) = s.split_once('e').unwrap_or((&s, "0"));
+        let (sign, digits) = match exp.strip_prefix('-') {
+            Some(d) => ('-', d),
+            None => ('+', exp),
+        };
+        let digits = if digits.len() < 2 {
+            format!("0{digits}")
+        } else {
+            digits.to_string()
+        };
+        return format!("{mant}e{sign}{digits}");
+    }
+    format!("{v}")
+}
+
+/// Formats a millisecond timestamp as Prometheus' API does: seconds with up to three decimals.
+pub fn format_timestamp(t: i64) -> String {
+    let mut s = String::new();
+    write_timestamp(&mut s, t);
+    s
+}
+
+/// Appends `t` (ms) formatted as [`format_timestamp`] does.
+pub fn write_timestamp(out: &mut String, t: i64) {
+    use std::fmt::Write as _;
+    if t < 0 {
+        out.push('-');
+    }
+    let t = t.unsigned_abs();
+    let frac = t % 1000;
+    let _ = if frac == 0 {
+        write!(out, "{}", t / 1000)
+    } else {
+        write!(out, "{}.{:03}", t / 1000, frac)
+    };
+}
+
+/// Formats a float as Go's `strconv.FormatFloat(v, 'f', -1, 64)`, as `count_values` does.
+pub(crate) fn format_float_plain(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_format_like_prometheus() {
+        assert_eq!(format_value(1.0), "1");
+        assert_eq!(format_value(0.1), "0.1");
+        assert_eq!(format_value(f64::NAN), "NaN");
+        assert_eq!(format_value(f64::INFINITY), "+Inf");
+        assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(format_value(1e-7), "1e-07");
+        assert_eq!(format_value(-1.5e21), "-1.5e+21");
+        assert_eq!(format_value(123456789.125), "123456789.125");
+        assert_eq!(format_value(1e20), "100000000000000000000");
+        assert_eq!(format_value(-0.0), "-0");
+    }
+
+    #[test]
+    fn timestamps_format_with_millisecond_fraction() {
+        assert_eq!(format_timestamp(1500), "1.500");
+        assert_eq!(format_timestamp(1000), "1");
+        assert_eq!(format_timestamp(1005), "1.005");
+        assert_eq!(format_timestamp(-1500), "-1.500");
+    }
+
+    #[test]
+    fn stale_marker_is_recognised_by_bits_only() {
+        assert!(is_stale_nan(f64::from_bits(STALE_NAN_BITS)));
+        assert!(!is_stale_nan(f64::NAN));
+    }
+}
