@@ -450,7 +450,11 @@ impl Distributor {
             let req = PushRequest {
                 tenant: tenant.to_string(),
                 compression: compression_code(hot),
-                payload: compress(hot, &payload),
+                payload: if hot == Compression::None {
+                    payload
+                } else {
+                    compress(hot, &payload)
+                },
                 max_series,
             };
             tasks.spawn(async move {

@@ -188,10 +188,15 @@ pub fn compress(c: Compression, data: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Decompresses a push payload, refusing output beyond `limit` bytes.
-pub fn decompress(code: i32, data: &[u8], limit: usize) -> Result<Vec<u8>, Status> {
+/// Decompresses a push payload, refusing output beyond `limit` bytes; an uncompressed payload
+/// is borrowed, not copied.
+pub fn decompress(
+    code: i32,
+    data: &[u8],
+    limit: usize,
+) -> Result<std::borrow::Cow<'_, [u8]>, Status> {
     match code {
-        0 => Ok(data.to_vec()),
+        0 => Ok(std::borrow::Cow::Borrowed(data)),
         1 => {
             let n = snap::raw::decompress_len(data)
                 .map_err(|e| Status::invalid_argument(format!("snappy payload: {e}")))?;
@@ -202,6 +207,7 @@ pub fn decompress(code: i32, data: &[u8], limit: usize) -> Result<Vec<u8>, Statu
             }
             snap::raw::Decoder::new()
                 .decompress_vec(data)
+                .map(std::borrow::Cow::Owned)
                 .map_err(|e| Status::invalid_argument(format!("snappy payload: {e}")))
         }
         2 => {
@@ -215,7 +221,7 @@ pub fn decompress(code: i32, data: &[u8], limit: usize) -> Result<Vec<u8>, Statu
                     "payload exceeds {limit} bytes"
                 )));
             }
-            Ok(out)
+            Ok(std::borrow::Cow::Owned(out))
         }
         c => Err(Status::invalid_argument(format!("unknown compression {c}"))),
     }
@@ -527,7 +533,10 @@ mod tests {
         let data: Vec<u8> = (0..10_000u32).flat_map(|i| (i % 7).to_le_bytes()).collect();
         for c in [Compression::None, Compression::Snappy, Compression::Gzip] {
             let z = compress(c, &data);
-            assert_eq!(decompress(compression_code(c), &z, 1 << 20).unwrap(), data);
+            assert_eq!(
+                *decompress(compression_code(c), &z, 1 << 20).unwrap(),
+                data[..]
+            );
             assert!(decompress(compression_code(c), &z, 100).is_err() || c == Compression::None);
         }
         assert!(decompress(1, b"not snappy at all", 1 << 20).is_err());

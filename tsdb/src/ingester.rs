@@ -244,10 +244,13 @@ impl Ingester {
         let db = t.db.clone();
         let dir = t.dir.clone();
         let range = self.block_range;
-        tokio::task::spawn_blocking(move || cut_blocks(db.as_ref(), &dir, range, all))
+        let cut = tokio::task::spawn_blocking(move || cut_blocks(db.as_ref(), &dir, range, all))
             .await
             .map_err(|e| format!("cutting blocks of {name}: {e}"))??;
-        *t.known.lock().unwrap_or_else(|e| e.into_inner()) = known_series(t.db.as_ref());
+        if cut {
+            // Series whose samples all went into blocks left the head: recount them.
+            *t.known.lock().unwrap_or_else(|e| e.into_inner()) = known_series(t.db.as_ref());
+        }
         self.metrics
             .active_series
             .get_or_create(&Metrics::label("user", name))
@@ -347,10 +350,12 @@ fn known_series(db: &dyn Tsdb) -> HashSet<u64> {
         .collect()
 }
 
-fn cut_blocks(db: &dyn Tsdb, dir: &Path, range: i64, all: bool) -> Result<(), String> {
+/// Cuts the head's due block ranges; returns whether anything was truncated.
+fn cut_blocks(db: &dyn Tsdb, dir: &Path, range: i64, all: bool) -> Result<bool, String> {
     let Some((mint, maxt)) = db.bounds() else {
-        return Ok(());
+        return Ok(false);
     };
+    let mut cut = false;
     let mut start = mint.div_euclid(range) * range;
     loop {
         let end = start + range;
@@ -369,9 +374,10 @@ fn cut_blocks(db: &dyn Tsdb, dir: &Path, range: i64, all: bool) -> Result<(), St
         let end = if all { end.min(maxt + 1) } else { end };
         db.write_block(start, end, dir)?;
         db.truncate_before(end)?;
+        cut = true;
         start = end;
     }
-    Ok(())
+    Ok(cut)
 }
 
 fn local_blocks(dir: &Path) -> Vec<PathBuf> {
