@@ -109,7 +109,7 @@ fn main() {
             ),
             1 => (
                 "node_network_receive_bytes_total",
-                format!("device=\"eth{}\",instance=\"host{}:9100\"", i % 8, i / 64),
+                format!("device=\"eth{}\",instance=\"host{}:9100\"", i % 64, i / 64),
             ),
             2 => (
                 "node_memory_Active_bytes",
@@ -119,7 +119,7 @@ fn main() {
                 "node_filesystem_avail_bytes",
                 format!(
                     "mountpoint=\"/m{}\",instance=\"host{}:9100\"",
-                    i % 16,
+                    i % 64,
                     i / 64
                 ),
             ),
