@@ -96,7 +96,7 @@ async fn query_over_rf3_ingesters_and_s3_blocks_is_continuous_without_duplicates
         let url = format!(
             "{}/prometheus/api/v1/query?query=rf3_total%5B10m%5D&time={}",
             querier.url,
-            t / 1000
+            (base + n * 1000) / 1000 + 1
         );
         let (code, body) = rimir_e2e::rimir::get(&url);
         assert_eq!(code, 200, "{body}\n{}", querier.log_text());

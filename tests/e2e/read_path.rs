@@ -81,7 +81,7 @@ fn query_spans_flushed_blocks_and_ingester_data_without_duplicates() {
         "{}/prometheus/api/v1/query?query={}&time={}",
         rimir.url,
         enc("requests_total[1h]"),
-        t / 1000
+        (base + n * 1000) / 1000 + 1
     );
     let (code, body) = get_with(&url, Some("team-a"));
     assert_eq!(code, 200, "{body}");
@@ -130,7 +130,11 @@ fn query_spans_flushed_blocks_and_ingester_data_without_duplicates() {
     assert!(!q(&format!("query?query={}", enc("secret_total")), "team-a").contains("secret_total"));
     assert!(
         q(
-            &format!("query?query={}&time={}", enc("secret_total[1h]"), t / 1000),
+            &format!(
+                "query?query={}&time={}",
+                enc("secret_total[1h]"),
+                (base + n * 1000) / 1000 + 1
+            ),
             "team-b"
         )
         .contains("secret_total")
