@@ -162,15 +162,9 @@ impl Queryable for MemQueryable {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<String>, QueryError> {
-        let mut names = BTreeSet::new();
-        for (s, _) in self.matching(matchers, mint, maxt) {
-            for l in s.labels.iter() {
-                if !names.contains(&l.name) {
-                    names.insert(l.name.clone());
-                }
-            }
-        }
-        Ok(names.into_iter().collect())
+        Ok(label_names_of(
+            self.matching(matchers, mint, maxt).map(|(s, _)| &s.labels),
+        ))
     }
 
     fn label_values(
@@ -180,14 +174,31 @@ impl Queryable for MemQueryable {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<String>, QueryError> {
-        let mut values = BTreeSet::new();
-        for (s, _) in self.matching(matchers, mint, maxt) {
-            if let Some(v) = s.labels.get(name) {
-                values.insert(v.to_string());
-            }
-        }
-        Ok(values.into_iter().collect())
+        Ok(label_values_of(
+            name,
+            self.matching(matchers, mint, maxt).map(|(s, _)| &s.labels),
+        ))
     }
+}
+
+/// Sorted, unique label names of the given label sets.
+pub fn label_names_of<'a>(
+    sets: impl IntoIterator<Item = &'a crate::labels::Labels>,
+) -> Vec<String> {
+    let mut names = BTreeSet::new();
+    for l in sets {
+        names.extend(l.iter().map(|l| l.name.as_str()));
+    }
+    names.into_iter().map(String::from).collect()
+}
+
+/// Sorted, unique values of label `name` over the given label sets.
+pub fn label_values_of<'a>(
+    name: &str,
+    sets: impl IntoIterator<Item = &'a crate::labels::Labels>,
+) -> Vec<String> {
+    let values: BTreeSet<&str> = sets.into_iter().filter_map(|l| l.get(name)).collect();
+    values.into_iter().map(String::from).collect()
 }
 
 #[cfg(test)]

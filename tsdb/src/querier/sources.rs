@@ -381,10 +381,8 @@ impl Queryable for BucketQueryable {
             }
             return Ok(names.into_iter().collect());
         }
-        for s in self.select(matchers, mint, maxt)? {
-            names.extend(s.labels.iter().map(|l| l.name.clone()));
-        }
-        Ok(names.into_iter().collect())
+        let series = self.select(matchers, mint, maxt)?;
+        Ok(super::label_names_of(series.iter().map(|s| &s.labels)))
     }
 
     fn label_values(
@@ -404,12 +402,11 @@ impl Queryable for BucketQueryable {
             }
             return Ok(values.into_iter().collect());
         }
-        for s in self.select(matchers, mint, maxt)? {
-            if let Some(v) = s.labels.get(name) {
-                values.insert(v.to_string());
-            }
-        }
-        Ok(values.into_iter().collect())
+        let series = self.select(matchers, mint, maxt)?;
+        Ok(super::label_values_of(
+            name,
+            series.iter().map(|s| &s.labels),
+        ))
     }
 }
 
@@ -427,6 +424,18 @@ impl MergedQueryable {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0)
+    }
+
+    /// Runs `f` on every source the query reaches.
+    fn gather<T>(
+        &self,
+        maxt: i64,
+        f: impl Fn(&dyn Queryable) -> Result<T, QueryError>,
+    ) -> Result<Vec<T>, QueryError> {
+        self.sources(maxt)
+            .into_iter()
+            .map(|s| f(s.as_ref()))
+            .collect()
     }
 
     fn sources(&self, maxt: i64) -> Vec<&Arc<dyn Queryable>> {
@@ -449,11 +458,9 @@ impl Queryable for MergedQueryable {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<Series>, QueryError> {
-        let mut lists = Vec::new();
-        for s in self.sources(maxt) {
-            lists.push(s.select(matchers, mint, maxt)?);
-        }
-        Ok(merge_series(lists))
+        Ok(merge_series(
+            self.gather(maxt, |s| s.select(matchers, mint, maxt))?,
+        ))
     }
 
     fn label_names(
@@ -462,11 +469,10 @@ impl Queryable for MergedQueryable {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<String>, QueryError> {
-        let mut lists = Vec::new();
-        for s in self.sources(maxt) {
-            lists.push(s.label_names(matchers, mint, maxt)?);
-        }
-        Ok(union(lists.into_iter()))
+        Ok(union(
+            self.gather(maxt, |s| s.label_names(matchers, mint, maxt))?
+                .into_iter(),
+        ))
     }
 
     fn label_values(
@@ -476,11 +482,10 @@ impl Queryable for MergedQueryable {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<String>, QueryError> {
-        let mut lists = Vec::new();
-        for s in self.sources(maxt) {
-            lists.push(s.label_values(name, matchers, mint, maxt)?);
-        }
-        Ok(union(lists.into_iter()))
+        Ok(union(
+            self.gather(maxt, |s| s.label_values(name, matchers, mint, maxt))?
+                .into_iter(),
+        ))
     }
 }
 
