@@ -479,6 +479,20 @@ pub fn write_block(
     w.finish(opts)
 }
 
+/// Total bytes of the files below `path`.
+pub fn dir_bytes(path: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    rd.filter_map(|e| e.ok())
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// The block directories (those holding a meta.json) directly under `dir`, sorted by name.
 pub fn list_block_dirs(dir: &Path) -> Result<Vec<PathBuf>, BlockError> {
     let mut out = Vec::new();

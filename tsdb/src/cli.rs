@@ -311,23 +311,10 @@ fn list(dir: &Path, out: &mut impl Write) -> Result<(), CliError> {
             m.stats.num_samples,
             m.stats.num_chunks,
             m.stats.num_series,
-            dir_size(&d)
+            crate::block::dir_bytes(&d)
         )?;
     }
     Ok(())
-}
-
-fn dir_size(p: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(p) else {
-        return 0;
-    };
-    rd.filter_map(|e| e.ok())
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 fn analyze(dir: &Path, limit: usize, out: &mut impl Write) -> Result<(), CliError> {

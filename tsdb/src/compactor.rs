@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::block::{Block, BlockError, BlockMeta, Compression, compress_block};
+use crate::block::{Block, BlockError, BlockMeta, Compression, compress_block, dir_bytes};
 use crate::compact::compact_blocks;
 use crate::objstore::{self, ListEntry, ObjectStore, ObjstoreError};
 
@@ -354,20 +354,6 @@ pub fn plan(blocks: &[BlockMeta], ranges: &[i64]) -> Vec<Job> {
 pub fn free_space(path: &Path) -> std::io::Result<u64> {
     let st = rustix::fs::statvfs(path)?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
-/// Total bytes of the files below `path`.
-pub fn dir_bytes(path: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    rd.filter_map(|e| e.ok())
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 #[derive(Debug, Default)]
@@ -1135,6 +1121,43 @@ mod tests {
             "{text}"
         );
         assert!(r.data_dir_peak_bytes <= 200_000, "{r:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_compact_marks_and_per_tenant_retention_are_honoured() {
+        let bucket = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let store = FilesystemStore::new(bucket.path()).unwrap();
+        let now = unix_now() * 1000;
+        let input = data(2, now - H, now, 60_000);
+        let a = upload(&store, "t1", input.clone()).await;
+        upload(&store, "t1", input.clone()).await;
+        store
+            .put(
+                &format!("t1/{a}/{NO_COMPACT_MARK}"),
+                Bytes::from_static(b"{}"),
+            )
+            .await
+            .unwrap();
+        let old_kept = upload(&store, "keep", data(1, 0, H, 60_000)).await;
+        let old_dropped = upload(&store, "drop", data(1, 0, H, 60_000)).await;
+        let mut s = settings(work.path());
+        s.retention = Some(Duration::from_secs(24 * 3600));
+        s.tenant_retention.insert("keep".into(), Duration::ZERO);
+        let c = Compactor::new(Arc::new(store.clone()), s);
+        let r = c.run_once().await.unwrap();
+        assert_eq!(r.jobs, 0, "a no-compact block is never merged: {r:?}");
+        assert_eq!(read_bucket_index(&store, "t1").await.unwrap().len(), 2);
+        assert_eq!(
+            read_bucket_index(&store, "keep").await.unwrap(),
+            vec![old_kept]
+        );
+        assert!(
+            !read_bucket_index(&store, "drop")
+                .await
+                .unwrap()
+                .contains(&old_dropped)
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
