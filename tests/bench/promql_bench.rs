@@ -1,13 +1,20 @@
-//! PromQL range-query benchmark: rimir's engine against Prometheus 2.42 on the same data.
+//! PromQL range-query benchmark: rimir against Prometheus 2.42, both real processes, same data.
 //!
-//! Generates 6 h of 15 s samples for ~6k counters, 1k gauges and 600 classic-histogram buckets,
-//! remote-writes them into a fresh Prometheus and loads them into an in-memory `Queryable`, then
-//! times four range queries (6 h, 60 s step) five times each on both and prints the medians and
-//! the ratio rimir/Prometheus. Prometheus is timed over HTTP (evaluation and JSON); rimir in
-//! process (evaluation and the same JSON formatting the API uses).
+//! Generates 6 h of 15 s samples (ending now) for 6k counters, 1k gauges and 600 classic-histogram
+//! buckets, remote-writes them in 30-minute slices, oldest first, into a fresh Prometheus
+//! (`/api/v1/write`) and into a fresh `rimir --target=all` (`/api/v1/push`, filesystem bucket),
+//! then times four range queries (6 h, 60 s step) over HTTP five times each on both, and prints
+//! the median wall times, the ratio rimir/Prometheus, each server's CPU time per query, and both
+//! servers' peak RSS (the whole process: ingestion, head and queries).
 //!
-//! Run (optimising only rimir's crates, so no dependency is rebuilt in release mode):
+//! Run (optimising only rimir's crates, so no dependency is rebuilt in release mode; build the
+//! `rimir` binary with the same flags first, the benchmark runs it):
+//! `cargo build -p rimir-tsdb --bin rimir --config 'profile.dev.package."rimir-tsdb".opt-level=3'`
 //! `cargo run -p rimir-e2e --bin promql_bench --config 'profile.dev.package."rimir-tsdb".opt-level=3' --config 'profile.dev.package."rimir-e2e".opt-level=3'`
+//!
+//! `PROMQL_BENCH_QUERY=<n>` times only the n-th query (0-based).
+//! `PROMQL_BENCH_RIMIR_ONLY=1` instead evaluates the queries in this process over an in-memory
+//! source, without Prometheus or HTTP (for profiling the engine alone).
 
 #[path = "../e2e/support/prometheus.rs"]
 #[allow(dead_code)] // shared with the diff test, which uses all of it
@@ -15,14 +22,14 @@ mod prometheus;
 
 use std::time::Instant;
 
-use prometheus::{agent, push, start_prometheus};
+use prometheus::{agent, push_body, snappy_literal, start_prometheus, write_request};
+use rimir_e2e::rimir::{Rimir, now_ms};
 use rimir_tsdb::api::prometheus::format_result;
 use rimir_tsdb::labels::Labels;
 use rimir_tsdb::promql::Engine;
 use rimir_tsdb::querier::MemQueryable;
 use rimir_tsdb::series::Series;
 
-const T0: i64 = 1_699_999_200_000;
 const STEP: i64 = 15_000;
 const SPAN: i64 = 6 * 3_600_000;
 const JOBS: usize = 10;
@@ -52,11 +59,11 @@ impl Rng {
     }
 }
 
-fn times() -> impl Iterator<Item = i64> {
-    (0..=SPAN / STEP).map(|i| T0 + i * STEP)
+fn times(t0: i64) -> impl Iterator<Item = i64> {
+    (0..=SPAN / STEP).map(move |i| t0 + i * STEP)
 }
 
-fn dataset() -> Vec<Series> {
+fn dataset(t0: i64) -> Vec<Series> {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut out = Vec::new();
     for j in 0..JOBS {
@@ -64,7 +71,7 @@ fn dataset() -> Vec<Series> {
         for i in 0..COUNTERS_PER_JOB {
             let instance = format!("10.{j}.{}.{}:9100", i / 250, i % 250);
             let mut v = 0.0;
-            let samples = times()
+            let samples = times(t0)
                 .map(|t| {
                     v += (rng.f() * 10.0).floor();
                     if rng.f() < 0.0005 {
@@ -87,7 +94,7 @@ fn dataset() -> Vec<Series> {
         let job = format!("job-{}", g % JOBS);
         let instance = format!("g-{g}");
         let mut v = rng.f() * 100.0;
-        let samples = times()
+        let samples = times(t0)
             .map(|t| {
                 v += rng.f() * 2.0 - 1.0;
                 (t, v)
@@ -106,7 +113,7 @@ fn dataset() -> Vec<Series> {
         let instance = format!("h-{h}");
         let mut counts = [0.0f64; 12];
         let mut per: Vec<Vec<(i64, f64)>> = vec![Vec::new(); 12];
-        for t in times() {
+        for t in times(t0) {
             for _ in 0..(rng.f() * 20.0) as usize {
                 let b = (rng.f() * 12.0) as usize;
                 for c in counts.iter_mut().skip(b) {
@@ -164,14 +171,58 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The samples of `data` in `[from, from + len)`.
+fn slice(data: &[Series], from: i64, len: i64) -> Vec<Series> {
+    data.iter()
+        .map(|s| Series {
+            labels: s.labels.clone(),
+            samples: s
+                .samples
+                .iter()
+                .copied()
+                .filter(|&(t, _)| t >= from && t < from + len)
+                .collect(),
+        })
+        .collect()
+}
+
+/// Runs one range query over HTTP: (wall seconds, server CPU seconds, body bytes).
+fn timed_query(base: &str, pid: &str, q: &str, start: i64, end: i64) -> (f64, f64, usize) {
+    let t = Instant::now();
+    let c0 = cpu_seconds(pid);
+    let mut r = agent()
+        .get(format!("{base}/api/v1/query_range"))
+        .query("query", q)
+        .query("start", (start / 1000).to_string())
+        .query("end", (end / 1000).to_string())
+        .query("step", "60")
+        .call()
+        .unwrap_or_else(|e| panic!("query {q} on {base}: {e}"));
+    let status = r.status();
+    let body = r
+        .body_mut()
+        .with_config()
+        .limit(2_000_000_000)
+        .read_to_string()
+        .expect("query body");
+    let wall = t.elapsed().as_secs_f64();
+    assert!(
+        status.is_success() && body.contains("\"status\":\"success\""),
+        "query {q} on {base}: {status} {}",
+        &body[..body.len().min(300)]
+    );
+    (wall, cpu_seconds(pid) - c0, body.len())
+}
+
 fn main() {
-    let data = dataset();
+    // End on a whole minute so both servers see the same steps.
+    let t0 = (now_ms() / 60_000) * 60_000 - SPAN;
+    let data = dataset(t0);
     let series = data.len();
     let samples: usize = data.iter().map(|s| s.samples.len()).sum();
     println!("data: {series} series, {samples} samples over 6h");
-    // PROMQL_BENCH_RIMIR_ONLY=1 skips Prometheus (for profiling rimir alone).
-    let rimir_only = std::env::var_os("PROMQL_BENCH_RIMIR_ONLY").is_some();
-    if rimir_only {
+    let (start, end, step) = (t0, t0 + SPAN, 60_000);
+    if std::env::var_os("PROMQL_BENCH_RIMIR_ONLY").is_some() {
         let source = MemQueryable::new(data);
         let mut engine = Engine::default();
         engine.limits.max_samples = 500_000_000;
@@ -180,7 +231,7 @@ fn main() {
             for _ in 0..5 {
                 let t = Instant::now();
                 let v = engine
-                    .range(&source, q, T0, T0 + SPAN, 60_000)
+                    .range(&source, q, start, end, step)
                     .expect("rimir query");
                 let body = format_result(&v);
                 rt.push(t.elapsed().as_secs_f64());
@@ -191,102 +242,94 @@ fn main() {
         return;
     }
     let prom = start_prometheus(&[
-        "--storage.tsdb.min-block-duration=24h",
+        "--storage.tsdb.min-block-duration=2h",
         "--storage.tsdb.max-block-duration=24h",
         "--query.max-samples=500000000",
     ]);
-    let started = Instant::now();
-    // Push in 30-minute slices, oldest first, as a scraper would.
-    let slice = 30 * 60_000;
-    let mut from = T0;
-    while from <= T0 + SPAN {
-        let part: Vec<Series> = data
-            .iter()
-            .map(|s| Series {
-                labels: s.labels.clone(),
-                samples: s
-                    .samples
-                    .iter()
-                    .copied()
-                    .filter(|&(t, _)| t >= from && t < from + slice)
-                    .collect(),
-            })
-            .collect();
-        push(&prom, &part);
-        from += slice;
-    }
-    println!(
-        "pushed to prometheus in {:.1}s",
-        started.elapsed().as_secs_f64()
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("rimir.yaml");
+    std::fs::write(
+        &config,
+        "limits:\n  ingestion_rate: 1000000000\n  ingestion_burst_size: 1000000000\n  \
+         max_global_series_per_user: 0\nquerier:\n  max_samples: 500000000\n",
+    )
+    .expect("write rimir config");
+    let rimir = Rimir::start(
+        &[
+            "--target=all".into(),
+            format!("--config.file={}", config.display()),
+            format!(
+                "--blocks-storage.filesystem.dir={}",
+                dir.path().join("bucket").display()
+            ),
+            format!(
+                "--blocks-storage.tsdb.dir={}",
+                dir.path().join("tsdb").display()
+            ),
+        ],
+        None,
+        dir.path(),
+        "rimir",
     );
-    let source = MemQueryable::new(data);
-    let mut engine = Engine::default();
-    engine.limits.max_samples = 500_000_000;
+    rimir.wait_ready();
+    let started = Instant::now();
+    // Push in 30-minute slices, oldest first, as a scraper would; the same bytes to both.
+    let len = 30 * 60_000;
+    let mut from = t0;
+    while from <= t0 + SPAN {
+        let body = snappy_literal(&write_request(&slice(&data, from, len)));
+        push_body(&prom, &body);
+        let (code, msg) = rimir.push(None, &body);
+        assert_eq!(code, 200, "push to rimir: {msg}");
+        from += len;
+    }
+    println!("pushed to both in {:.1}s", started.elapsed().as_secs_f64());
+    drop(data);
 
-    let (start, end, step) = (T0, T0 + SPAN, 60_000);
-    let http = agent();
-    let rss_before_queries = peak_rss_mib("self");
+    let prom_pid = prom.child.id().to_string();
+    let rimir_pid = rimir.pid().expect("rimir running").to_string();
+    let rimir_base = format!("{}/prometheus", rimir.url);
+    let rss_before = (peak_rss_mib(&prom_pid), peak_rss_mib(&rimir_pid));
     println!(
         "{:<75} {:>12} {:>12} {:>7}",
         "query (range 6h, step 60s)", "prometheus", "rimir", "ratio"
     );
-    for q in QUERIES {
-        let mut pt = Vec::new();
-        let mut rt = Vec::new();
-        let mut pc = Vec::new();
-        let mut rc = Vec::new();
-        let ppid = prom.child.id().to_string();
-        let mut prom_len = 0;
-        let mut rimir_len = 0;
+    // PROMQL_BENCH_QUERY=<n> runs only the n-th query (0-based), e.g. to profile it.
+    let only: Option<usize> = std::env::var("PROMQL_BENCH_QUERY")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    for (n, q) in QUERIES.iter().enumerate() {
+        if only.is_some_and(|o| o != n) {
+            continue;
+        }
+        let (mut pt, mut rt, mut pc, mut rc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut plen, mut rlen) = (0, 0);
         for _ in 0..5 {
-            let t = Instant::now();
-            let c0 = cpu_seconds(&ppid);
-            let mut r = http
-                .get(format!("{}/api/v1/query_range", prom.base))
-                .query("query", q)
-                .query("start", (start / 1000).to_string())
-                .query("end", (end / 1000).to_string())
-                .query("step", "60")
-                .call()
-                .expect("prometheus query");
-            let body = r
-                .body_mut()
-                .with_config()
-                .limit(2_000_000_000)
-                .read_to_string()
-                .expect("prometheus body");
-            pt.push(t.elapsed().as_secs_f64());
-            pc.push(cpu_seconds(&ppid) - c0);
-            prom_len = body.len();
-
-            let t = Instant::now();
-            let c0 = cpu_seconds("self");
-            let v = engine
-                .range(&source, q, start, end, step)
-                .expect("rimir query");
-            let body = format_result(&v);
-            rt.push(t.elapsed().as_secs_f64());
-            rc.push(cpu_seconds("self") - c0);
-            rimir_len = body.len() + 31;
+            let (w, c, n) = timed_query(&prom.base, &prom_pid, q, start, end);
+            pt.push(w);
+            pc.push(c);
+            plen = n;
+            let (w, c, n) = timed_query(&rimir_base, &rimir_pid, q, start, end);
+            rt.push(w);
+            rc.push(c);
+            rlen = n;
         }
         let (p, r) = (median(pt), median(rt));
         let (pcpu, rcpu) = (median(pc), median(rc));
         println!(
-            "{q:<75} {:>10.1}ms {:>10.1}ms {:>7.2}   cpu {:>7.0}ms vs {:>7.0}ms ratio {:.2}   (json {prom_len} vs {rimir_len} bytes)",
+            "{q:<75} {:>10.1}ms {:>10.1}ms {:>7.2}   cpu {:>5.0}ms vs {:>5.0}ms   (json {plen} vs {rlen} bytes)",
             p * 1e3,
             r * 1e3,
             r / p,
             pcpu * 1e3,
             rcpu * 1e3,
-            rcpu / pcpu.max(0.01)
         );
     }
-    let rss_after = peak_rss_mib("self");
     println!(
-        "peak RSS: prometheus {:.0} MiB; benchmark process {:.0} MiB, of which {:.0} MiB before the first query (generated data and in-memory source) and {:.0} MiB added by query evaluation",
-        peak_rss_mib(&prom.child.id().to_string()),
-        rss_after,
-        rss_before_queries,
-        rss_after - rss_before_queries
+        "peak RSS: prometheus {:.0} MiB (after ingestion {:.0}), rimir {:.0} MiB (after ingestion {:.0})",
+        peak_rss_mib(&prom_pid),
+        rss_before.0,
+        peak_rss_mib(&rimir_pid),
+        rss_before.1,
     );
 }

@@ -17,6 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::config::Compression;
+use crate::series::Series;
 
 /// gRPC service name.
 pub const SERVICE_NAME: &str = "rimir.Ingester";
@@ -161,6 +162,12 @@ pub trait IngesterService: Send + Sync + 'static {
     async fn label_values(&self, req: LabelRequest) -> Result<LabelResponse, Status>;
     /// The ingester's identity.
     async fn info(&self) -> Result<InfoResponse, Status>;
+    /// The series `query_stream` would stream, handed over without the wire encoding when the
+    /// ingester runs in this process (`--target=all`); `None` for a remote ingester, whose
+    /// callers use `query_stream`.
+    async fn select_local(&self, _req: &QueryRequest) -> Option<Result<Vec<Series>, Status>> {
+        None
+    }
 }
 
 /// Wire code of a compression.

@@ -539,29 +539,36 @@ impl IngesterService for Ingester {
 
     async fn query_stream(&self, req: QueryRequest) -> Result<Vec<QueryStreamResponse>, Status> {
         let series = self.select(&req.tenant, &req.matchers, req.mint, req.maxt)?;
-        Ok(series
-            .chunks(128)
-            .map(|c| QueryStreamResponse {
-                series: c
-                    .iter()
-                    .map(|s| SeriesPb {
-                        labels: s
-                            .labels
-                            .iter()
-                            .map(|l| PbLabel {
-                                name: l.name.clone(),
-                                value: l.value.clone(),
-                            })
-                            .collect(),
-                        samples: s
-                            .samples
-                            .iter()
-                            .map(|&(timestamp, value)| PbSample { value, timestamp })
-                            .collect(),
+        // Moves labels out of the selected series and frees each one's samples as it is
+        // converted, so the answer is not held twice.
+        let mut out: Vec<QueryStreamResponse> = Vec::with_capacity(series.len().div_ceil(128));
+        for s in series {
+            if out.last().is_none_or(|r| r.series.len() == 128) {
+                out.push(QueryStreamResponse {
+                    series: Vec::with_capacity(128),
+                });
+            }
+            let pb = SeriesPb {
+                labels: s
+                    .labels
+                    .into_vec()
+                    .into_iter()
+                    .map(|l| PbLabel {
+                        name: l.name,
+                        value: l.value,
                     })
                     .collect(),
-            })
-            .collect())
+                samples: s
+                    .samples
+                    .iter()
+                    .map(|&(timestamp, value)| PbSample { value, timestamp })
+                    .collect(),
+            };
+            if let Some(r) = out.last_mut() {
+                r.series.push(pb);
+            }
+        }
+        Ok(out)
     }
 
     async fn label_names(&self, req: LabelRequest) -> Result<LabelResponse, Status> {
@@ -584,6 +591,10 @@ impl IngesterService for Ingester {
         Ok(LabelResponse {
             values: values.into_iter().collect(),
         })
+    }
+
+    async fn select_local(&self, req: &QueryRequest) -> Option<Result<Vec<Series>, Status>> {
+        Some(self.select(&req.tenant, &req.matchers, req.mint, req.maxt))
     }
 
     async fn info(&self) -> Result<InfoResponse, Status> {

@@ -143,13 +143,17 @@ pub fn snappy_literal(data: &[u8]) -> Vec<u8> {
 
 /// Remote-writes `data` in one request.
 pub fn push(p: &Prometheus, data: &[Series]) {
-    let body = snappy_literal(&write_request(data));
+    push_body(p, &snappy_literal(&write_request(data)));
+}
+
+/// Remote-writes a snappy-compressed `WriteRequest`.
+pub fn push_body(p: &Prometheus, body: &[u8]) {
     let mut r = agent()
         .post(format!("{}/api/v1/write", p.base))
         .header("Content-Type", "application/x-protobuf")
         .header("Content-Encoding", "snappy")
         .header("X-Prometheus-Remote-Write-Version", "0.1.0")
-        .send(&body[..])
+        .send(body)
         .expect("remote write to prometheus");
     let status = r.status();
     let text = r.body_mut().read_to_string().unwrap_or_default();

@@ -615,7 +615,14 @@ fn write_point(out: &mut String, t: i64, v: f64) {
     out.push('[');
     promql::write_timestamp(out, t);
     out.push_str(",\"");
-    if v.is_finite() && (v == 0.0 || (1e-6..1e21).contains(&v.abs())) {
+    // Whole numbers below 2^53 (counters, most gauges) print exactly as their integer; -0
+    // keeps its sign through the float path, as Go prints it.
+    if v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0 && v.to_bits() != (-0.0f64).to_bits() {
+        if v < 0.0 {
+            out.push('-');
+        }
+        promql::write_u64(out, v.abs() as u64);
+    } else if v.is_finite() && (v == 0.0 || (1e-6..1e21).contains(&v.abs())) {
         let _ = write!(out, "{v}");
     } else {
         out.push_str(&promql::format_value(v));
@@ -680,6 +687,42 @@ pub fn format_result(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_numbers_print_as_go_prints_them() {
+        let point = |v: f64| {
+            let mut out = String::new();
+            write_point(&mut out, 1_500, v);
+            out
+        };
+        let cases: [f64; 11] = [
+            0.0,
+            1.0,
+            -1.0,
+            12_345.0,
+            -987_654_321.0,
+            1e15,
+            9_007_199_254_740_991.0,
+            9_007_199_254_740_992.0,
+            0.5,
+            -2.25,
+            1e-7,
+        ];
+        for v in cases {
+            let want = if v.abs() < 1e21 && (v == 0.0 || v.abs() >= 1e-6) {
+                format!("{v}")
+            } else {
+                promql::format_value(v)
+            };
+            assert_eq!(point(v), format!("[1.500,\"{want}\"]"), "value {v:e}");
+        }
+        assert_eq!(point(-0.0), "[1.500,\"-0\"]");
+        assert_eq!(point(f64::NAN), "[1.500,\"NaN\"]");
+        assert_eq!(point(f64::INFINITY), "[1.500,\"+Inf\"]");
+        let mut t = String::new();
+        promql::write_timestamp(&mut t, -1_234_005);
+        assert_eq!(t, "-1234.005");
+    }
     use crate::series::Series;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -218,7 +218,16 @@ pub(crate) struct SeriesSnapshot {
 impl SeriesSnapshot {
     /// Samples with `mint <= t <= maxt`, sorted, unique timestamps.
     pub(crate) fn samples(&self, mint: i64, maxt: i64) -> Vec<Sample> {
-        let mut in_order = Vec::new();
+        // Each chunk starts with its sample count: size the result once.
+        let total: usize = self
+            .chunks
+            .iter()
+            .map(|c| {
+                c.get(..2)
+                    .map_or(0, |n| usize::from(u16::from_be_bytes([n[0], n[1]])))
+            })
+            .sum();
+        let mut in_order = Vec::with_capacity(total);
         for c in &self.chunks {
             for s in crate::chunkenc::decode_xor(c) {
                 match s {

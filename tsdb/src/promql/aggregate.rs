@@ -1,11 +1,12 @@
 //! Aggregation operators (`sum`, `topk`, `count_values`, …) with `by`/`without`.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use promql_parser::parser::{AggregateExpr, Expr, LabelModifier, token};
 
-use super::engine::{Elem, Evaluator, Metric, Val};
+use super::engine::{Elem, Evaluator, Metric, PtrHasher, Val};
 use super::functions::quantile;
 use crate::labels::{Labels, METRIC_NAME};
 use crate::querier::QueryError;
@@ -149,13 +150,28 @@ pub(super) fn eval(ev: &Evaluator, a: &AggregateExpr, t: i64) -> Result<Val, Que
     }
 
     let mut groups: Vec<Group> = Vec::new();
-    let mut index: HashMap<u64, usize> = HashMap::new();
+    let mut index: HashMap<u64, usize, BuildHasherDefault<PtrHasher>> = HashMap::default();
+    let node = a as *const AggregateExpr as usize;
+    let mut cache = ev.group_cache.borrow_mut();
+    // Inputs built anew at every step (e.g. by count_values) would only grow the cache.
+    if cache.len() > 4 * input.len() + 4096 {
+        cache.clear();
+    }
     for e in input {
-        let h = group_hash(&e.metric, &names, include);
+        let key = (node, Arc::as_ptr(&e.metric));
+        let entry = cache.entry(key).or_insert_with(|| {
+            let h = group_hash(&e.metric, &names, include);
+            (e.metric.clone(), h, None)
+        });
+        let h = entry.1;
         let gi = match index.get(&h) {
             Some(&gi) => gi,
             None => {
-                let metric = Arc::new(group_labels(&e.metric, &names, include));
+                // The group's label set, built once per input series and reused at later steps.
+                let metric = entry
+                    .2
+                    .get_or_insert_with(|| Arc::new(group_labels(&e.metric, &names, include)))
+                    .clone();
                 groups.push(Group {
                     metric,
                     value: e.v,

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use promql_parser::label::MatchOp;
-use promql_parser::parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector};
+use promql_parser::parser::{
+    AtModifier, Call, Expr, MatrixSelector, Offset, SubqueryExpr, VectorSelector,
+};
 
 use super::{aggregate, binary, functions, is_stale_nan};
 use crate::labels::{Label, Labels, METRIC_NAME, MatchType, Matcher};
@@ -175,7 +177,11 @@ impl Engine {
                 )));
             }
         }
-        let ev = Evaluator::prepare(self, q, &expr, start, end, step)?;
+        let mut ev = Evaluator::prepare(self, q, &expr, start, end, step)?;
+        if let Expr::VectorSelector(vs) = unwrap_parens(&expr) {
+            return ev.selector_matrix(vs, start, end, step).map(Value::Matrix);
+        }
+        ev.precompute(&expr)?;
         // Output series by label set, and by label-set allocation: selectors hand out the same
         // allocation at every step, so most lookups hit by pointer. `by_ptr` holds each Arc it
         // was keyed with, so no allocation is freed and reused for other labels meanwhile.
@@ -354,6 +360,45 @@ fn seek(samples: &[(i64, f64)], cursor: &Cell<usize>, bound: i64, inclusive: boo
     i
 }
 
+/// A node [`Evaluator::precompute`] computes series by series.
+enum Precompute<'e> {
+    /// A selector whose vector is taken by `eval` (not by a function reading it directly).
+    Selector(&'e VectorSelector),
+    /// A window function over a range selector.
+    Window(&'e Call, &'e MatrixSelector),
+}
+
+/// Collects the nodes below `e` that [`Evaluator::precompute`] handles; `in_call` when `e` is a
+/// function argument (functions such as `timestamp` read selectors directly).
+fn plan_precompute<'e>(e: &'e Expr, in_call: bool, out: &mut Vec<Precompute<'e>>) {
+    match e {
+        Expr::VectorSelector(vs) if !in_call => out.push(Precompute::Selector(vs)),
+        Expr::Call(c) => {
+            let args = &c.args.args;
+            match args.first().map(|a| unwrap_parens(a)) {
+                Some(Expr::MatrixSelector(ms))
+                    if args.len() == 1 && functions::is_window_function(c.func.name) =>
+                {
+                    out.push(Precompute::Window(c, ms));
+                }
+                _ => {
+                    for a in args {
+                        plan_precompute(a, true, out);
+                    }
+                }
+            }
+        }
+        Expr::Aggregate(a) => plan_precompute(&a.expr, false, out),
+        Expr::Binary(b) => {
+            plan_precompute(&b.lhs, false, out);
+            plan_precompute(&b.rhs, false, out);
+        }
+        Expr::Paren(p) => plan_precompute(&p.expr, in_call, out),
+        Expr::Unary(u) => plan_precompute(&u.expr, false, out),
+        _ => {}
+    }
+}
+
 /// Hashes pointers (already unique) with one multiplication instead of SipHash.
 #[derive(Default, Clone, Copy)]
 pub(super) struct PtrHasher(u64);
@@ -367,6 +412,9 @@ impl std::hash::Hasher for PtrHasher {
             self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
         }
     }
+    fn write_u64(&mut self, n: u64) {
+        self.write_usize(n as usize);
+    }
     fn write_usize(&mut self, n: usize) {
         self.0 = (n as u64)
             .wrapping_mul(0x517c_c1b7_2722_0a95)
@@ -376,6 +424,13 @@ impl std::hash::Hasher for PtrHasher {
 
 /// A map keyed by pointers.
 type PtrMap<V> = HashMap<*const Labels, V, std::hash::BuildHasherDefault<PtrHasher>>;
+
+/// See [`Evaluator::group_cache`].
+pub(super) type GroupCache = HashMap<
+    (usize, *const Labels),
+    (Metric, u64, Option<Metric>),
+    std::hash::BuildHasherDefault<PtrHasher>,
+>;
 
 /// Inner results of subqueries by (node address, inner step time).
 type SubqueryCache = HashMap<(usize, i64), Rc<Vec<Elem>>>;
@@ -391,6 +446,15 @@ pub(super) struct Evaluator {
     fetched: HashMap<usize, Fetched>,
     /// Subquery inner results, keyed by (node address, inner step time).
     sub_cache: RefCell<SubqueryCache>,
+    /// Grouping hashes of aggregation inputs by (aggregation node, label-set allocation): the
+    /// same series reach an aggregation at every step, so each is hashed once. Each entry holds
+    /// its `Arc`, so no allocation is freed and reused for other labels meanwhile.
+    pub(super) group_cache: RefCell<GroupCache>,
+    /// Step of a range query (0 for an instant query).
+    step: i64,
+    /// Per-step vectors of nodes computed series by series before the step loop, keyed by the
+    /// node's address; each step's vector is taken once (see [`Evaluator::take_precomputed`]).
+    precomputed: RefCell<HashMap<usize, Vec<Option<Vec<Elem>>>>>,
     deadline: Instant,
     timeout: Duration,
     max_samples: usize,
@@ -481,7 +545,7 @@ impl Evaluator {
         expr: &Expr,
         start: i64,
         end: i64,
-        _step: i64,
+        step: i64,
     ) -> Result<Self, QueryError> {
         let mut ev = Evaluator {
             start,
@@ -490,6 +554,9 @@ impl Evaluator {
             sub_step: engine.default_subquery_step_ms,
             fetched: HashMap::new(),
             sub_cache: RefCell::new(HashMap::new()),
+            group_cache: RefCell::new(GroupCache::default()),
+            step,
+            precomputed: RefCell::new(HashMap::new()),
             deadline: Instant::now() + engine.limits.timeout,
             timeout: engine.limits.timeout,
             max_samples: engine.limits.max_samples,
@@ -669,15 +736,12 @@ impl Evaluator {
                     "unary expression only allowed on expressions of type scalar or vector".into(),
                 )),
             },
-            Expr::VectorSelector(vs) => Ok(Val::Vector(
-                self.vector_selector(vs, t)?
-                    .into_iter()
-                    .map(|(s, _, v)| Elem {
-                        metric: s.metric.clone(),
-                        v,
-                    })
-                    .collect(),
-            )),
+            Expr::VectorSelector(vs) => {
+                if let Some(v) = self.take_precomputed(vs as *const _ as usize, t) {
+                    return Ok(Val::Vector(v));
+                }
+                self.eval_selector(vs, t)
+            }
             Expr::MatrixSelector(_) | Expr::Subquery(_) => Err(QueryError::Execution(
                 "range vector used where an instant vector or scalar is required".into(),
             )),
@@ -734,6 +798,189 @@ impl Evaluator {
             }
             out.push((s, st, v));
         }
+        Ok(out)
+    }
+
+    /// A selector's instant vector at `t`.
+    fn eval_selector(&self, vs: &VectorSelector, t: i64) -> Result<Val, QueryError> {
+        Ok(Val::Vector(
+            self.vector_selector(vs, t)?
+                .into_iter()
+                .map(|(s, _, v)| Elem {
+                    metric: s.metric.clone(),
+                    v,
+                })
+                .collect(),
+        ))
+    }
+
+    /// The vector precomputed for node `node` at step time `t`, if any (each is handed out once;
+    /// a second evaluation at the same time computes it step-wise).
+    pub(super) fn take_precomputed(&self, node: usize, t: i64) -> Option<Vec<Elem>> {
+        if self.step <= 0 || t < self.start || (t - self.start) % self.step != 0 {
+            return None;
+        }
+        let idx = usize::try_from((t - self.start) / self.step).ok()?;
+        self.precomputed
+            .borrow_mut()
+            .get_mut(&node)?
+            .get_mut(idx)?
+            .take()
+    }
+
+    /// For a range query, computes series by series (each series' samples stay in cache while
+    /// all steps are done, instead of visiting every series at every step) the per-step vectors
+    /// of the selectors and window functions (`rate(x[5m])`, `avg_over_time(x[10m])`, …) that
+    /// are evaluated at the query's steps, i.e. not inside a subquery.
+    fn precompute(&mut self, expr: &Expr) -> Result<(), QueryError> {
+        let steps = usize::try_from((self.end - self.start) / self.step.max(1)).unwrap_or(0) + 1;
+        if self.step <= 0 || steps < 2 {
+            return Ok(());
+        }
+        let mut nodes = Vec::new();
+        plan_precompute(expr, false, &mut nodes);
+        for node in nodes {
+            let (vs, key, window) = match node {
+                Precompute::Selector(vs) => (vs, vs as *const _ as usize, None),
+                Precompute::Window(c, ms) => (&ms.vs, c as *const _ as usize, Some((c, ms))),
+            };
+            let Some(fetched) = self.fetched.get(&(vs as *const _ as usize)) else {
+                continue;
+            };
+            // Dropping the names of several metrics may collide; the step-wise path reports it.
+            if window.is_some() && fetched.multi_name {
+                continue;
+            }
+            let mut per_step: Vec<Vec<Elem>> = (0..steps).map(|_| Vec::new()).collect();
+            let mut resets: Vec<u32> = Vec::new();
+            for (n, s) in fetched.series.iter().enumerate() {
+                if n % 256 == 0 {
+                    self.check_deadline()?;
+                }
+                let samples = &s.samples;
+                let (mut lo, mut hi) = (0, 0);
+                // For rate and increase: counter resets among samples 1..=i, so windows
+                // without one skip the correction loop.
+                let counts_resets =
+                    window.is_some_and(|(c, _)| matches!(c.func.name, "rate" | "increase"));
+                resets.clear();
+                if counts_resets {
+                    let mut n = 0u32;
+                    resets.extend(samples.iter().enumerate().map(|(i, &(_, v))| {
+                        if i > 0 && v < samples[i - 1].1 {
+                            n += 1;
+                        }
+                        n
+                    }));
+                }
+                for (i, out) in per_step.iter_mut().enumerate() {
+                    let t = self.start + i as i64 * self.step;
+                    let end = self.ref_time(&vs.at, &vs.offset, t);
+                    while hi < samples.len() && samples[hi].0 <= end {
+                        hi += 1;
+                    }
+                    match window {
+                        None => {
+                            if hi > 0 {
+                                let (st, v) = samples[hi - 1];
+                                if st >= end - self.lookback && !is_stale_nan(v) {
+                                    out.push(Elem {
+                                        metric: s.metric.clone(),
+                                        v,
+                                    });
+                                }
+                            }
+                        }
+                        Some((c, ms)) => {
+                            let range_ms = dur_ms(&ms.range);
+                            let start = end.saturating_sub(range_ms);
+                            while lo < hi && samples[lo].0 < start {
+                                lo += 1;
+                            }
+                            if lo < hi {
+                                let w = functions::Window {
+                                    start,
+                                    end,
+                                    range_ms,
+                                };
+                                let no_resets = counts_resets.then(|| resets[hi - 1] == resets[lo]);
+                                if let Some(v) = functions::window_value(
+                                    c.func.name,
+                                    &w,
+                                    &samples[lo..hi],
+                                    no_resets,
+                                ) {
+                                    out.push(Elem {
+                                        metric: s.nameless.clone(),
+                                        v,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            self.precomputed
+                .get_mut()
+                .insert(key, per_step.into_iter().map(Some).collect());
+        }
+        Ok(())
+    }
+
+    /// A plain selector over every step of a range query, series by series: per step the value
+    /// [`Self::vector_selector`] would give, without building a vector per step. Each series'
+    /// fetched samples are freed as soon as its points are computed.
+    fn selector_matrix(
+        &mut self,
+        vs: &VectorSelector,
+        start: i64,
+        end: i64,
+        step: i64,
+    ) -> Result<Vec<Series>, QueryError> {
+        let key = vs as *const _ as usize;
+        let Some(Fetched { series, .. }) = self.fetched.remove(&key) else {
+            return Err(QueryError::Execution(format!(
+                "selector {vs} was not fetched"
+            )));
+        };
+        let steps = usize::try_from((end - start) / step).map_or(usize::MAX, |n| n + 1);
+        let mut out = Vec::with_capacity(series.len());
+        for (n, s) in series.into_iter().enumerate() {
+            if n % 256 == 0 {
+                self.check_deadline()?;
+            }
+            let mut points = Vec::new();
+            // Reference times only grow with the step, so one forward cursor serves them all.
+            let mut i = 0;
+            let mut t = start;
+            while t <= end {
+                let rt = self.ref_time(&vs.at, &vs.offset, t);
+                while i < s.samples.len() && s.samples[i].0 <= rt {
+                    i += 1;
+                }
+                if i > 0 {
+                    let (st, v) = s.samples[i - 1];
+                    if st >= rt - self.lookback && !is_stale_nan(v) {
+                        if points.is_empty() {
+                            points.reserve_exact(steps.min(s.samples.len().max(1) * 4));
+                        }
+                        points.push((t, v));
+                    }
+                }
+                match t.checked_add(step) {
+                    Some(next) => t = next,
+                    None => break,
+                }
+            }
+            if !points.is_empty() {
+                self.count_samples(points.len())?;
+                out.push(Series {
+                    labels: Arc::unwrap_or_clone(s.metric),
+                    samples: points,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
         Ok(out)
     }
 

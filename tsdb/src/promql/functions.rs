@@ -12,6 +12,9 @@ use crate::querier::QueryError;
 
 /// Evaluates the function call `c` at time `t`.
 pub(super) fn call(ev: &Evaluator, c: &Call, t: i64) -> Result<Val, QueryError> {
+    if let Some(v) = ev.take_precomputed(c as *const Call as usize, t) {
+        return Ok(Val::Vector(v));
+    }
     let args = &c.args.args;
     let name = c.func.name;
     let arg = |i: usize| -> Result<&Expr, QueryError> {
@@ -82,22 +85,13 @@ pub(super) fn call(ev: &Evaluator, c: &Call, t: i64) -> Result<Val, QueryError> 
         "histogram_count" | "histogram_sum" | "histogram_fraction" => {
             return Ok(Val::Vector(Vec::new()));
         }
-        "rate" | "increase" | "delta" => {
-            let r = ev.range_arg_resets(arg(0)?, t, name != "delta")?;
+        "rate" | "increase" | "delta" | "irate" | "idelta" | "deriv" | "changes" | "resets"
+        | "avg_over_time" | "count_over_time" | "sum_over_time" | "min_over_time"
+        | "max_over_time" | "stddev_over_time" | "stdvar_over_time" | "present_over_time" => {
+            let r = ev.range_arg_resets(arg(0)?, t, matches!(name, "rate" | "increase"))?;
+            let w = Window::of(&r);
             over_range(&r, &mut multi_name, |s, no_resets| {
-                extrapolated_rate(&r, s, no_resets, name != "delta", name == "rate")
-            })
-        }
-        "irate" | "idelta" => {
-            let r = ev.range_arg(arg(0)?, t)?;
-            over_range(&r, &mut multi_name, |s, _| {
-                instant_value(s, name == "irate")
-            })
-        }
-        "deriv" => {
-            let r = ev.range_arg(arg(0)?, t)?;
-            over_range(&r, &mut multi_name, |s, _| {
-                (s.len() >= 2).then(|| linear_regression(s, s[0].0).0)
+                window_value(name, &w, s, no_resets)
             })
         }
         "predict_linear" => {
@@ -126,42 +120,6 @@ pub(super) fn call(ev: &Evaluator, c: &Call, t: i64) -> Result<Val, QueryError> 
             }
             over_range(&r, &mut multi_name, |s, _| holt_winters(s, sf, tf))
         }
-        "changes" => {
-            let r = ev.range_arg(arg(0)?, t)?;
-            over_range(&r, &mut multi_name, |s, _| {
-                let n = s
-                    .windows(2)
-                    .filter(|w| w[0].1 != w[1].1 && !(w[0].1.is_nan() && w[1].1.is_nan()))
-                    .count();
-                Some(n as f64)
-            })
-        }
-        "resets" => {
-            let r = ev.range_arg(arg(0)?, t)?;
-            over_range(&r, &mut multi_name, |s, _| {
-                Some(s.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64)
-            })
-        }
-        "avg_over_time" => over_time(ev, arg(0)?, t, &mut multi_name, avg_over_time)?,
-        "count_over_time" => over_time(ev, arg(0)?, t, &mut multi_name, |s| s.len() as f64)?,
-        "sum_over_time" => over_time(ev, arg(0)?, t, &mut multi_name, |s| {
-            kahan_sum(s.iter().map(|p| p.1))
-        })?,
-        "min_over_time" => over_time(ev, arg(0)?, t, &mut multi_name, |s| {
-            s.iter()
-                .skip(1)
-                .fold(s[0].1, |m, p| if p.1 < m || m.is_nan() { p.1 } else { m })
-        })?,
-        "max_over_time" => over_time(ev, arg(0)?, t, &mut multi_name, |s| {
-            s.iter()
-                .skip(1)
-                .fold(s[0].1, |m, p| if p.1 > m || m.is_nan() { p.1 } else { m })
-        })?,
-        "stddev_over_time" => over_time(ev, arg(0)?, t, &mut multi_name, |s| {
-            stdvar_over_time(s).sqrt()
-        })?,
-        "stdvar_over_time" => over_time(ev, arg(0)?, t, &mut multi_name, stdvar_over_time)?,
-        "present_over_time" => over_time(ev, arg(0)?, t, &mut multi_name, |_| 1.0)?,
         "quantile_over_time" => {
             let q = scalar_arg(0)?;
             over_time(ev, arg(1)?, t, &mut multi_name, |s| {
@@ -284,6 +242,91 @@ fn simple(v: Vec<Elem>, multi: &mut bool, f: impl Fn(f64) -> f64) -> Vec<Elem> {
             v: f(e.v),
         })
         .collect()
+}
+
+/// The bounds of a range-vector window.
+pub(super) struct Window {
+    /// Start (ms, inclusive).
+    pub start: i64,
+    /// End (ms, inclusive).
+    pub end: i64,
+    /// Length (ms).
+    pub range_ms: i64,
+}
+
+impl Window {
+    fn of(r: &RangeArg<'_>) -> Self {
+        Self {
+            start: r.range_start,
+            end: r.range_end,
+            range_ms: r.range_ms,
+        }
+    }
+}
+
+/// The range functions of one range-vector argument and nothing else, whose value for a series
+/// depends only on that series' samples in the window: [`window_value`] computes them.
+pub(super) fn is_window_function(name: &str) -> bool {
+    matches!(
+        name,
+        "rate"
+            | "increase"
+            | "delta"
+            | "irate"
+            | "idelta"
+            | "deriv"
+            | "changes"
+            | "resets"
+            | "avg_over_time"
+            | "count_over_time"
+            | "sum_over_time"
+            | "min_over_time"
+            | "max_over_time"
+            | "stddev_over_time"
+            | "stdvar_over_time"
+            | "present_over_time"
+    )
+}
+
+/// The value of window function `name` (see [`is_window_function`]) over one series' samples
+/// `s` in window `w` (never empty); `None` when the series gives no output. `no_resets` is
+/// `Some(true)` when the window is known to hold no counter reset.
+pub(super) fn window_value(
+    name: &str,
+    w: &Window,
+    s: &[(i64, f64)],
+    no_resets: Option<bool>,
+) -> Option<f64> {
+    match name {
+        "rate" | "increase" | "delta" => {
+            extrapolated_rate(w, s, no_resets, name != "delta", name == "rate")
+        }
+        "irate" | "idelta" => instant_value(s, name == "irate"),
+        "deriv" => (s.len() >= 2).then(|| linear_regression(s, s[0].0).0),
+        "changes" => Some(
+            s.windows(2)
+                .filter(|w| w[0].1 != w[1].1 && !(w[0].1.is_nan() && w[1].1.is_nan()))
+                .count() as f64,
+        ),
+        "resets" => Some(s.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64),
+        "avg_over_time" => Some(avg_over_time(s)),
+        "count_over_time" => Some(s.len() as f64),
+        "sum_over_time" => Some(kahan_sum(s.iter().map(|p| p.1))),
+        "min_over_time" => Some(
+            s.iter()
+                .skip(1)
+                .fold(s[0].1, |m, p| if p.1 < m || m.is_nan() { p.1 } else { m }),
+        ),
+        "max_over_time" => Some(
+            s.iter()
+                .skip(1)
+                .fold(s[0].1, |m, p| if p.1 > m || m.is_nan() { p.1 } else { m }),
+        ),
+        "stddev_over_time" => Some(stdvar_over_time(s).sqrt()),
+        "stdvar_over_time" => Some(stdvar_over_time(s)),
+        "present_over_time" => Some(1.0),
+        _ => None,
+    }
 }
 
 /// Applies `f` to each series' samples in the window (never empty), dropping `__name__`; `None`
@@ -488,7 +531,7 @@ fn label_join(ev: &Evaluator, c: &Call, t: i64) -> Result<Val, QueryError> {
 /// Prometheus' rate/increase/delta: the change over the window, extrapolated towards the window's
 /// edges when the first and last samples lie near them.
 fn extrapolated_rate(
-    r: &RangeArg<'_>,
+    r: &Window,
     s: &[(i64, f64)],
     no_resets: Option<bool>,
     is_counter: bool,
@@ -510,8 +553,8 @@ fn extrapolated_rate(
             prev = v;
         }
     }
-    let mut to_start = (first.0 - r.range_start) as f64 / 1000.0;
-    let to_end = (r.range_end - last.0) as f64 / 1000.0;
+    let mut to_start = (first.0 - r.start) as f64 / 1000.0;
+    let to_end = (r.end - last.0) as f64 / 1000.0;
     let sampled = (last.0 - first.0) as f64 / 1000.0;
     let avg_step = sampled / (s.len() - 1) as f64;
     if is_counter && result > 0.0 && first.1 >= 0.0 {

@@ -63,17 +63,34 @@ pub fn format_timestamp(t: i64) -> String {
 
 /// Appends `t` (ms) formatted as [`format_timestamp`] does.
 pub fn write_timestamp(out: &mut String, t: i64) {
-    use std::fmt::Write as _;
     if t < 0 {
         out.push('-');
     }
     let t = t.unsigned_abs();
     let frac = t % 1000;
-    let _ = if frac == 0 {
-        write!(out, "{}", t / 1000)
-    } else {
-        write!(out, "{}.{:03}", t / 1000, frac)
-    };
+    write_u64(out, t / 1000);
+    if frac != 0 {
+        out.push('.');
+        out.push(char::from(b'0' + (frac / 100) as u8));
+        out.push(char::from(b'0' + (frac / 10 % 10) as u8));
+        out.push(char::from(b'0' + (frac % 10) as u8));
+    }
+}
+
+/// Appends `n` in decimal, without the formatting machinery (the API writes millions).
+pub fn write_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
 }
 
 /// Formats a float as Go's `strconv.FormatFloat(v, 'f', -1, 64)`, as `count_values` does.

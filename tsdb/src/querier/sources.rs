@@ -73,6 +73,30 @@ pub fn merge_series(lists: Vec<Vec<Series>>) -> Vec<Series> {
         .collect()
 }
 
+/// The series of a `query_stream` answer.
+fn from_pb(resps: Vec<crate::grpc::QueryStreamResponse>) -> Vec<Series> {
+    resps
+        .into_iter()
+        .flat_map(|r| r.series)
+        .map(|s| Series {
+            labels: Labels::from_sorted(
+                s.labels
+                    .into_iter()
+                    .map(|l| Label {
+                        name: l.name,
+                        value: l.value,
+                    })
+                    .collect(),
+            ),
+            samples: s
+                .samples
+                .into_iter()
+                .map(|p| (p.timestamp, p.value))
+                .collect(),
+        })
+        .collect()
+}
+
 /// A tenant's data on the ingesters of a ring. Every instance is asked (each holds a share of
 /// the series); up to `replication_factor - quorum` may fail without failing the query, since
 /// each series lives on `replication_factor` of them.
@@ -152,35 +176,15 @@ impl Queryable for IngestersQueryable {
             mint,
             maxt,
         };
-        let batches = self.fan_out((matchers, mint, maxt), move |c| {
+        let lists = self.fan_out((matchers, mint, maxt), move |c| {
             let req = req.clone();
-            Box::pin(async move { c.query_stream(req).await })
-        })?;
-        let lists = batches
-            .into_iter()
-            .map(|resps| {
-                resps
-                    .into_iter()
-                    .flat_map(|r| r.series)
-                    .map(|s| Series {
-                        labels: Labels::from_sorted(
-                            s.labels
-                                .into_iter()
-                                .map(|l| Label {
-                                    name: l.name,
-                                    value: l.value,
-                                })
-                                .collect(),
-                        ),
-                        samples: s
-                            .samples
-                            .into_iter()
-                            .map(|p| (p.timestamp, p.value))
-                            .collect(),
-                    })
-                    .collect()
+            Box::pin(async move {
+                if let Some(local) = c.select_local(&req).await {
+                    return local;
+                }
+                Ok(from_pb(c.query_stream(req).await?))
             })
-            .collect();
+        })?;
         Ok(merge_series(lists))
     }
 
