@@ -140,6 +140,84 @@ fn success(data: &str) -> Response {
         .into_response()
 }
 
+/// Results whose JSON is larger than this are streamed in pieces of about this size.
+const STREAM_CHUNK: usize = 1 << 20;
+
+/// A success response carrying a query result. A small result is formatted into one body; a
+/// large one is formatted on a blocking thread and streamed in ~1 MiB pieces through a short
+/// channel, so sending overlaps formatting and the whole text is never held at once.
+fn success_result(v: Value) -> Response {
+    const PREFIX: &str = "{\"status\":\"success\",\"data\":";
+    let len = estimated_len(&v);
+    let headers = [(header::CONTENT_TYPE, "application/json")];
+    if len <= 2 * STREAM_CHUNK {
+        let mut out = String::with_capacity(len + 64);
+        out.push_str(PREFIX);
+        write_result(&mut out, &v);
+        out.push('}');
+        return (StatusCode::OK, headers, out).into_response();
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut out = String::with_capacity(STREAM_CHUNK + 64 * 1024);
+        out.push_str(PREFIX);
+        let mut open = true;
+        write_result_with(&mut out, &v, |out| {
+            if out.len() >= STREAM_CHUNK {
+                let piece = std::mem::replace(out, String::with_capacity(STREAM_CHUNK + 64 * 1024));
+                // The client went away: stop formatting.
+                open = tx.blocking_send(Bytes::from(piece)).is_ok();
+            }
+            open
+        });
+        if open {
+            out.push('}');
+            let _ = tx.blocking_send(Bytes::from(out));
+        }
+    });
+    (
+        StatusCode::OK,
+        headers,
+        axum::body::Body::new(ChannelBody(rx)),
+    )
+        .into_response()
+}
+
+/// A response body fed by a channel of pieces; ends when the sender is dropped.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|piece| piece.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// About how many bytes a result's JSON takes, to allocate the body once.
+fn estimated_len(v: &Value) -> usize {
+    let labels = |l: &Labels| {
+        l.iter()
+            .map(|l| l.name.len() + l.value.len() + 6)
+            .sum::<usize>()
+            + 2
+    };
+    match v {
+        Value::Matrix(series) => series
+            .iter()
+            .map(|s| labels(&s.labels) + 24 + s.samples.len() * 28)
+            .sum(),
+        Value::Vector(samples) => samples.iter().map(|s| labels(&s.labels) + 48).sum(),
+        _ => 64,
+    }
+}
+
 fn json_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
@@ -396,7 +474,7 @@ async fn query(
         let engine = engine_for(&state, &p)?;
         let source = state.tenants.queryable(&tenant);
         let v = run_blocking(move || engine.instant(source.as_ref(), &q, t)).await?;
-        Ok::<_, ApiError>(success(&format_result(&v)))
+        Ok::<_, ApiError>(success_result(v))
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
@@ -435,7 +513,7 @@ async fn query_range(
         let engine = engine_for(&state, &p)?;
         let source = state.tenants.queryable(&tenant);
         let v = run_blocking(move || engine.range(source.as_ref(), &q, start, end, step)).await?;
-        Ok::<_, ApiError>(success(&format_result(&v)))
+        Ok::<_, ApiError>(success_result(v))
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
@@ -633,10 +711,22 @@ fn write_point(out: &mut String, t: i64, v: f64) {
 /// The `data` object of a query result.
 pub fn format_result(v: &Value) -> String {
     let mut out = String::new();
+    write_result(&mut out, v);
+    out
+}
+
+/// Appends the `data` object of a query result to `out`.
+fn write_result(out: &mut String, v: &Value) {
+    write_result_with(out, v, |_| true);
+}
+
+/// [`write_result`], calling `flushed` after each series or sample with the text so far (which
+/// it may drain); stops early when it returns `false`.
+fn write_result_with(out: &mut String, v: &Value, mut flushed: impl FnMut(&mut String) -> bool) {
     match v {
         Value::Scalar { t, v } => {
             out.push_str("{\"resultType\":\"scalar\",\"result\":");
-            write_point(&mut out, *t, *v);
+            write_point(out, *t, *v);
         }
         Value::String { t, s } => {
             let _ = write!(
@@ -653,10 +743,13 @@ pub fn format_result(v: &Value) -> String {
                     out.push(',');
                 }
                 out.push_str("{\"metric\":");
-                write_labels(&mut out, &s.labels);
+                write_labels(out, &s.labels);
                 out.push_str(",\"value\":");
-                write_point(&mut out, s.t, s.v);
+                write_point(out, s.t, s.v);
                 out.push('}');
+                if !flushed(out) {
+                    return;
+                }
             }
             out.push(']');
         }
@@ -667,21 +760,23 @@ pub fn format_result(v: &Value) -> String {
                     out.push(',');
                 }
                 out.push_str("{\"metric\":");
-                write_labels(&mut out, &s.labels);
+                write_labels(out, &s.labels);
                 out.push_str(",\"values\":[");
                 for (j, &(t, v)) in s.samples.iter().enumerate() {
                     if j > 0 {
                         out.push(',');
                     }
-                    write_point(&mut out, t, v);
+                    write_point(out, t, v);
                 }
                 out.push_str("]}");
+                if !flushed(out) {
+                    return;
+                }
             }
             out.push(']');
         }
     }
     out.push('}');
-    out
 }
 
 #[cfg(test)]
@@ -722,6 +817,11 @@ mod tests {
         let mut t = String::new();
         promql::write_timestamp(&mut t, -1_234_005);
         assert_eq!(t, "-1234.005");
+        for n in (0..2_000u64).chain([99_999, 100_000, 1_764_072_000, u64::MAX]) {
+            let mut s = String::new();
+            promql::write_u64(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
     }
     use crate::series::Series;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -765,8 +865,80 @@ mod tests {
         s.read_to_end(&mut resp).await.unwrap();
         let text = String::from_utf8(resp).unwrap();
         let status: u16 = text[9..12].parse().unwrap();
-        let (_, body) = text.split_once("\r\n\r\n").unwrap();
-        (status, serde_json::from_str(body).unwrap())
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        (status, serde_json::from_str(&body).unwrap())
+    }
+
+    /// The payload of an HTTP/1.1 chunked body.
+    fn dechunk(mut body: &str) -> String {
+        let mut out = String::new();
+        loop {
+            let (size, rest) = body.split_once("\r\n").unwrap();
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            if n == 0 {
+                return out;
+            }
+            out.push_str(&rest[..n]);
+            body = &rest[n + 2..];
+        }
+    }
+
+    #[tokio::test]
+    async fn large_results_stream_the_same_json_in_pieces() {
+        // 400 series x 241 points: several MiB of JSON, above the streaming threshold.
+        let series: Vec<Series> = (0..400)
+            .map(|i| Series {
+                labels: Labels::from_pairs([
+                    ("__name__", "big".to_string()),
+                    ("instance", format!("host-{i:04}")),
+                ]),
+                samples: (0..=240)
+                    .map(|k| (k * 15_000, (i * k) as f64 + 0.25))
+                    .collect(),
+            })
+            .collect();
+        let source: Arc<dyn Queryable> = Arc::new(MemQueryable::new(series));
+        let mut tenants = TenantMap::default();
+        tenants
+            .tenants
+            .insert(ANONYMOUS_TENANT.into(), source.clone());
+        let addr = serve(ApiState {
+            tenants: Arc::new(tenants),
+            engine: Engine::default(),
+            multitenancy: false,
+        })
+        .await;
+        let want = Engine::default()
+            .range(source.as_ref(), "big", 0, 3_600_000, 15_000)
+            .unwrap();
+        assert!(
+            estimated_len(&want) > 2 * STREAM_CHUNK,
+            "result too small to stream"
+        );
+        let want: serde_json::Value = serde_json::from_str(&format!(
+            "{{\"status\":\"success\",\"data\":{}}}",
+            format_result(&want)
+        ))
+        .unwrap();
+        let (code, got) = request(
+            addr,
+            "GET",
+            "/prometheus/api/v1/query_range?query=big&start=0&end=3600&step=15",
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(code, 200);
+        assert_eq!(got["data"]["result"].as_array().map(Vec::len), Some(400));
+        assert_eq!(got, want);
     }
 
     fn state(multitenancy: bool) -> ApiState {
