@@ -1,10 +1,19 @@
 //! A querier process over three ingesters (RF=3) and S3 blocks (moto): after the ingesters flush
 //! their replica blocks to S3 and take more samples, a query spanning both is continuous and
-//! has every sample exactly once, the three replica blocks read from S3 deduplicated.
+//! has every sample exactly once, the three replica blocks read from S3 deduplicated, with
+//! ranged GETs through the querier's page cache and no whole-block download.
 
 use rimir_e2e::free_port;
 use rimir_e2e::moto::{MotoServer, child_env};
 use rimir_e2e::rimir::{Rimir, now_ms, post, snappy, write_request};
+
+/// The value of the sample `name` (no labels) in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+}
 
 fn s3_args(moto: &MotoServer, bucket: &str) -> Vec<String> {
     vec![
@@ -124,14 +133,46 @@ async fn query_over_rf3_ingesters_and_s3_blocks_is_continuous_without_duplicates
                 "series s={s}: every sample once, across blocks and ingesters"
             );
         }
-        // The three replica blocks were read from S3 (downloaded into the querier's cache,
-        // which lives in its working directory).
-        let cached: Vec<_> = std::fs::read_dir(dir.join("data/querier/anonymous"))
-            .expect("the querier cached blocks from the bucket")
+        // The three replica blocks were read from S3 in place: ranged GETs through the page
+        // cache under the querier's working directory, no whole-block download.
+        let (code, metrics) = rimir_e2e::rimir::get(&format!("{}/metrics", querier.url));
+        assert_eq!(code, 200, "{metrics}");
+        let requests = metric(&metrics, "rimir_querier_bucket_range_requests_total");
+        let fetched = metric(&metrics, "rimir_querier_bucket_fetched_bytes_total");
+        assert!(
+            requests >= 3.0,
+            "one or more ranged GETs per block: {requests}"
+        );
+        assert!(fetched > 0.0, "{metrics}");
+        assert_eq!(
+            metric(&metrics, "rimir_querier_bucket_block_downloads_total"),
+            0.0,
+            "no block was downloaded whole"
+        );
+        assert!(metric(&metrics, "rimir_querier_page_cache_misses_total") > 0.0);
+        let blocks: Vec<_> = std::fs::read_dir(dir.join("data/querier/anonymous"))
+            .expect("the querier cached pages of the bucket's blocks")
             .filter_map(|e| e.ok())
-            .filter(|e| e.path().join("meta.json").is_file())
+            .filter(|e| e.path().join("index.pages").is_dir())
             .collect();
-        assert_eq!(cached.len(), 3, "one block per replica: {cached:?}");
+        assert_eq!(blocks.len(), 3, "one block per replica: {blocks:?}");
+        for b in &blocks {
+            assert!(
+                !b.path().join("meta.json").exists() && !b.path().join("index").exists(),
+                "no whole-block copy in {:?}",
+                b.path()
+            );
+        }
+        // Asked again, the blocks are read from the local page cache.
+        let (code, body) = rimir_e2e::rimir::get(&url);
+        assert_eq!(code, 200, "{body}");
+        let (_, metrics) = rimir_e2e::rimir::get(&format!("{}/metrics", querier.url));
+        assert_eq!(
+            metric(&metrics, "rimir_querier_bucket_range_requests_total"),
+            requests,
+            "the repeated query fetched nothing"
+        );
+        assert!(metric(&metrics, "rimir_querier_page_cache_hits_total") > 0.0);
     })
     .await
     .unwrap();

@@ -1,9 +1,9 @@
 //! Where the querier's data comes from: the ingesters (recent data, over gRPC or in-process)
-//! and the blocks in object storage (older data, cached on local disk once per block), merged
-//! per series with the replicas' copies deduplicated.
+//! and the blocks in object storage (older data, read with ranged requests through a local
+//! page cache), merged per series with the replicas' copies deduplicated.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,11 +11,16 @@ use tokio::runtime::Handle;
 
 use super::{QueryError, Queryable};
 use crate::api::prometheus::TenantSource;
-use crate::block::{Block, BlockMeta};
+use crate::block::{Block, BlockMeta, CHUNKS_DIR, Compression, INDEX_FILE, META_FILE};
+use crate::chunks::SegmentReader;
 use crate::distributor::IngesterPool;
 use crate::grpc::{LabelRequest, MatcherPb, QueryRequest};
+use crate::index::IndexReader;
 use crate::labels::{Label, Labels, MatchType, Matcher};
-use crate::objstore::{self, ObjectStore};
+use crate::objstore::layout::block_prefix;
+use crate::objstore::pagecache::{BucketObject, PageCache};
+use crate::objstore::{self, ListEntry, ObjectStore};
+use crate::readat::ReadAt;
 use crate::series::{Series, merge_samples};
 
 type BoxFut<T> =
@@ -236,41 +241,53 @@ fn union(lists: impl Iterator<Item = Vec<String>>) -> Vec<String> {
 
 /// How long a tenant's block list is reused before the bucket is listed again.
 const BLOCK_LIST_TTL: Duration = Duration::from_secs(30);
+/// Indexes up to this size are fetched whole with one request when a block is opened, instead
+/// of a few requests for header, TOC, symbols and postings offset table.
+const SMALL_INDEX: u64 = 1 << 20;
 
 struct CachedBlock {
     meta: BlockMeta,
     open: Option<Arc<Block>>,
 }
 
-/// A tenant's blocks in object storage. Each block's meta.json is fetched once; a block is
-/// downloaded to the local cache directory the first time a query needs its time range, then
-/// read from there with ranged reads; blocks that left the bucket are dropped from the cache.
+/// A tenant's blocks in object storage. Each block's meta.json is fetched once, when the block
+/// is first listed; a block is opened the first time a query's range overlaps it. Plain blocks
+/// are read in place with ranged GETs through the querier's [`PageCache`] (the index's TOC,
+/// symbols and postings offset table at open, series, postings and chunks as queries ask for
+/// them). Cold-compressed blocks (gzip/snappy files, see `docs/format.md`) cannot be range-read:
+/// they are downloaded whole into the cache directory and decompressed. Blocks that left the
+/// bucket are dropped, their cached pages and files deleted.
 pub struct BucketQueryable {
     store: Arc<dyn ObjectStore>,
     tenant: String,
-    cache_dir: PathBuf,
+    cache: Arc<PageCache>,
     handle: Handle,
     state: Mutex<(Option<Instant>, BTreeMap<String, CachedBlock>)>,
 }
 
 impl BucketQueryable {
-    /// The blocks of `tenant` in `store`, cached under `cache_dir/<tenant>/`.
+    /// The blocks of `tenant` in `store`, cached in `cache` (under `<cache root>/<tenant>/`).
     pub fn new(
         store: Arc<dyn ObjectStore>,
         tenant: &str,
-        cache_dir: PathBuf,
+        cache: Arc<PageCache>,
         handle: Handle,
     ) -> Self {
         Self {
             store,
             tenant: tenant.to_string(),
-            cache_dir: cache_dir.join(tenant),
+            cache,
             handle,
             state: Mutex::new((None, BTreeMap::new())),
         }
     }
 
-    /// The open blocks overlapping `[mint, maxt]`, downloading those not cached yet.
+    /// The tenant's directory in the cache.
+    fn tenant_dir(&self) -> PathBuf {
+        self.cache.root().join(&self.tenant)
+    }
+
+    /// The open blocks overlapping `[mint, maxt]`, opening those not open yet.
     fn blocks(
         &self,
         matchers: &[Matcher],
@@ -292,15 +309,8 @@ impl BucketQueryable {
                 .block_on(objstore::list_blocks(self.store.as_ref(), &self.tenant))
                 .map_err(|e| exec("listing blocks", &e))?;
             let live: BTreeSet<String> = ids.iter().cloned().collect();
-            let gone: Vec<String> =
-                st.1.keys()
-                    .filter(|k| !live.contains(*k))
-                    .cloned()
-                    .collect();
-            for g in gone {
-                st.1.remove(&g);
-                let _ = std::fs::remove_dir_all(self.cache_dir.join(&g));
-            }
+            st.1.retain(|k, _| live.contains(k));
+            self.drop_cached_blocks_except(&live);
             for id in ids {
                 if st.1.contains_key(&id) {
                     continue;
@@ -325,26 +335,158 @@ impl BucketQueryable {
                 continue;
             }
             if cb.open.is_none() {
-                let dir = self.cache_dir.join(id);
-                if !dir.join(crate::block::META_FILE).is_file() {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    self.handle
-                        .block_on(objstore::download_block(
-                            self.store.as_ref(),
-                            &self.tenant,
-                            id,
-                            &dir,
-                        ))
-                        .map_err(|e| exec("downloading block", &e))?;
-                }
-                let b = Block::open_with_scratch(&dir, &self.cache_dir.join(".scratch"))
-                    .map_err(|e| exec("opening block", &e))?;
+                let b = if crate::block::block_compression(&cb.meta) == Compression::None {
+                    self.open_ranged(id, &cb.meta)
+                        .map_err(|e| exec(&format!("opening block {id}"), &e))?
+                } else {
+                    self.open_downloaded(id)
+                        .map_err(|e| exec(&format!("opening block {id}"), &e))?
+                };
                 cb.open = Some(Arc::new(b));
             }
             out.extend(cb.open.clone());
         }
         Ok(out)
     }
+
+    /// Deletes the cached pages and files of every block directory of the tenant not in `live`
+    /// (blocks deleted from the bucket, also while this process was not running).
+    fn drop_cached_blocks_except(&self, live: &BTreeSet<String>) {
+        let Ok(entries) = std::fs::read_dir(self.tenant_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if ulid::Ulid::from_string(&name).is_ok() && !live.contains(&name) {
+                self.cache
+                    .remove_prefix(&format!("{}/{name}/", self.tenant));
+            }
+        }
+    }
+
+    /// Opens a plain block on its bucket objects, read through the page cache.
+    fn open_ranged(&self, id: &str, meta: &BlockMeta) -> Result<Block, String> {
+        let prefix = block_prefix(&self.tenant, id);
+        remove_legacy_download(&self.tenant_dir().join(id));
+        let sizes = match sizes_from_meta(meta) {
+            Some(s) => s,
+            None => self.sizes_from_listing(&prefix)?,
+        };
+        let object = |rel: &str, size: u64| {
+            BucketObject::new(
+                self.cache.clone(),
+                self.store.clone(),
+                self.handle.clone(),
+                format!("{prefix}{rel}"),
+                size,
+            )
+        };
+        let index_size = *sizes
+            .get(INDEX_FILE)
+            .ok_or_else(|| format!("no object {prefix}{INDEX_FILE} in the bucket"))?;
+        let index = object(INDEX_FILE, index_size);
+        if index_size <= SMALL_INDEX {
+            index.prefetch_all();
+        }
+        let index =
+            IndexReader::open_source(&index.name(), Box::new(index)).map_err(|e| e.to_string())?;
+        let segments: Vec<(PathBuf, Box<dyn ReadAt>)> = sizes
+            .iter()
+            .filter(|(rel, _)| is_segment(rel))
+            .map(|(rel, &size)| {
+                let o = object(rel, size);
+                (o.name(), Box::new(o) as Box<dyn ReadAt>)
+            })
+            .collect();
+        let location = self.store.location().trim_end_matches('/');
+        let chunks = SegmentReader::from_sources(
+            Path::new(&format!("{location}/{prefix}{CHUNKS_DIR}")),
+            segments,
+        );
+        Ok(Block::from_readers(
+            PathBuf::from(format!("{location}/{prefix}")),
+            meta.clone(),
+            index,
+            chunks,
+        ))
+    }
+
+    /// Sizes of a block's `index` and `chunks/…` objects by listing its prefix.
+    fn sizes_from_listing(&self, prefix: &str) -> Result<BTreeMap<String, u64>, String> {
+        let entries = self
+            .handle
+            .block_on(self.store.list(prefix, false))
+            .map_err(|e| e.to_string())?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| match e {
+                ListEntry::Object { key, meta } => {
+                    let rel = key.strip_prefix(prefix)?.to_string();
+                    (rel == INDEX_FILE || is_segment(&rel)).then_some((rel, meta.size))
+                }
+                ListEntry::Prefix(_) => None,
+            })
+            .collect())
+    }
+
+    /// Downloads a cold-compressed block whole (the only way to read it) and opens it,
+    /// decompressed into a scratch directory.
+    fn open_downloaded(&self, id: &str) -> Result<Block, String> {
+        let dir = self.tenant_dir().join(id);
+        if !dir.join(META_FILE).is_file() {
+            let _ = std::fs::remove_dir_all(&dir);
+            self.handle
+                .block_on(objstore::download_block(
+                    self.store.as_ref(),
+                    &self.tenant,
+                    id,
+                    &dir,
+                ))
+                .map_err(|e| format!("downloading: {e}"))?;
+            self.cache.metrics().block_downloads.inc();
+        }
+        Block::open_with_scratch(&dir, &self.tenant_dir().join(".scratch"))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// `chunks/NNNNNN`: a chunk segment object, relative to its block.
+fn is_segment(rel: &str) -> bool {
+    rel.strip_prefix(CHUNKS_DIR)
+        .and_then(|r| r.strip_prefix('/'))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Sizes of `index` and the segments from meta.json's `thanos.files`, when it lists them all
+/// (rimir and Mimir write it; plain Prometheus blocks do not): saves a listing per block.
+fn sizes_from_meta(meta: &BlockMeta) -> Option<BTreeMap<String, u64>> {
+    let t = meta.thanos.as_ref()?;
+    let sizes: BTreeMap<String, u64> = t
+        .files
+        .iter()
+        .filter(|f| f.rel_path == INDEX_FILE || is_segment(&f.rel_path))
+        .map(|f| Some((f.rel_path.clone(), f.size_bytes?)))
+        .collect::<Option<_>>()?;
+    let segments = sizes.keys().filter(|k| is_segment(k)).count();
+    (sizes.contains_key(INDEX_FILE) && segments == t.segment_files.len() && segments > 0)
+        .then_some(sizes)
+}
+
+/// Removes a whole-block download an older rimir left for a block now read in place (its
+/// `meta.json`, `index` and segment files; the page directories stay).
+fn remove_legacy_download(dir: &Path) {
+    if !dir.join(META_FILE).is_file() {
+        return;
+    }
+    let _ = std::fs::remove_file(dir.join(INDEX_FILE));
+    if let Ok(entries) = std::fs::read_dir(dir.join(CHUNKS_DIR)) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_file(dir.join(META_FILE));
 }
 
 impl Queryable for BucketQueryable {
@@ -493,25 +635,26 @@ impl Queryable for MergedQueryable {
 pub struct QuerierTenants {
     pool: Option<Arc<IngesterPool>>,
     store: Option<Arc<dyn ObjectStore>>,
-    cache_dir: PathBuf,
+    cache: Arc<PageCache>,
     query_ingesters_within: Duration,
     handle: Handle,
     tenants: Mutex<HashMap<String, Arc<dyn Queryable>>>,
 }
 
 impl QuerierTenants {
-    /// Sources from the ingesters of `pool` and the blocks of `store` (either may be absent).
+    /// Sources from the ingesters of `pool` and the blocks of `store` (either may be absent),
+    /// the blocks read through `cache`.
     pub fn new(
         pool: Option<Arc<IngesterPool>>,
         store: Option<Arc<dyn ObjectStore>>,
-        cache_dir: PathBuf,
+        cache: Arc<PageCache>,
         query_ingesters_within: Duration,
         handle: Handle,
     ) -> Self {
         Self {
             pool,
             store,
-            cache_dir,
+            cache,
             query_ingesters_within,
             handle,
             tenants: Mutex::new(HashMap::new()),
@@ -532,7 +675,7 @@ impl TenantSource for QuerierTenants {
                     Arc::new(BucketQueryable::new(
                         s,
                         tenant,
-                        self.cache_dir.clone(),
+                        self.cache.clone(),
                         self.handle.clone(),
                     )) as Arc<dyn Queryable>
                 });
@@ -543,5 +686,293 @@ impl TenantSource for QuerierTenants {
                 })
             })
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{BlockOptions, compress_block, write_block};
+    use crate::objstore::FilesystemStore;
+    use crate::objstore::pagecache::{BucketReadMetrics, DEFAULT_PAGE_SIZE};
+
+    struct Setup {
+        _tmp: tempfile::TempDir,
+        rt: tokio::runtime::Runtime,
+        local: Block,
+        store: Arc<dyn ObjectStore>,
+        cache: Arc<PageCache>,
+        block_bytes: u64,
+    }
+
+    /// Writes `series` into a block, uploads it as tenant `t1` to a filesystem bucket and opens
+    /// the local copy; the page cache has pages of `page_size` bytes.
+    fn setup(series: Vec<(Labels, Vec<crate::series::Sample>)>, page_size: u64) -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let meta =
+            write_block(&tmp.path().join("local"), series, &BlockOptions::default()).unwrap();
+        let dir = tmp.path().join("local").join(&meta.ulid);
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(FilesystemStore::new(tmp.path().join("bucket")).unwrap());
+        let t = rt
+            .block_on(objstore::upload_block(store.as_ref(), "t1", &dir))
+            .unwrap();
+        let cache = Arc::new(
+            PageCache::open(
+                &tmp.path().join("cache"),
+                page_size,
+                1 << 30,
+                BucketReadMetrics::default(),
+            )
+            .unwrap(),
+        );
+        Setup {
+            local: Block::open(&dir).unwrap(),
+            _tmp: tmp,
+            rt,
+            store,
+            cache,
+            block_bytes: t.bytes,
+        }
+    }
+
+    impl Setup {
+        fn queryable(&self) -> BucketQueryable {
+            BucketQueryable::new(
+                self.store.clone(),
+                "t1",
+                self.cache.clone(),
+                self.rt.handle().clone(),
+            )
+        }
+    }
+
+    fn labels(i: usize) -> Labels {
+        Labels::from_pairs([
+            ("__name__", format!("metric_{}", i % 7)),
+            ("instance", format!("host-{i:05}")),
+            ("job", format!("job-{}", i % 13)),
+            ("zone", ["a", "b", "c"][i % 3].to_string()),
+        ])
+    }
+
+    fn m(kind: MatchType, name: &str, value: &str) -> Matcher {
+        Matcher::new(kind, name, value).unwrap()
+    }
+
+    #[test]
+    fn bucket_block_answers_like_the_local_block_for_many_matchers() {
+        let series = (0..600)
+            .map(|i| {
+                let samples = (0..(50 + i % 300) as i64)
+                    .map(|j| (j * 15_000, (i as f64) * 0.5 + j as f64))
+                    .collect();
+                (labels(i), samples)
+            })
+            .collect();
+        // Small pages: reads cross many page boundaries.
+        let s = setup(series, 512);
+        let q = s.queryable();
+        let blocks = q.blocks(&[], i64::MIN, i64::MAX).unwrap();
+        assert_eq!(blocks.len(), 1);
+        let remote = &blocks[0];
+        assert!(
+            remote.dir().to_string_lossy().contains("t1/"),
+            "{:?}",
+            remote.dir()
+        );
+        let matcher_sets = vec![
+            vec![m(MatchType::Equal, "__name__", "metric_3")],
+            vec![m(MatchType::Equal, "instance", "host-00042")],
+            vec![m(MatchType::Regex, "job", "job-(1|5|12)")],
+            vec![
+                m(MatchType::Equal, "__name__", "metric_1"),
+                m(MatchType::NotEqual, "zone", "b"),
+            ],
+            vec![
+                m(MatchType::Regex, "instance", "host-000.*"),
+                m(MatchType::NotRegex, "job", "job-[0-4]"),
+            ],
+            vec![m(MatchType::Regex, "zone", ".+")],
+            vec![m(MatchType::Equal, "missing", "")],
+            vec![m(MatchType::Equal, "__name__", "nope")],
+            vec![
+                m(MatchType::Regex, "__name__", "metric_.*"),
+                m(MatchType::Equal, "zone", "c"),
+            ],
+        ];
+        let ranges = [
+            (i64::MIN, i64::MAX),
+            (100_000, 900_000),
+            (3_000_000, 3_100_000),
+        ];
+        let mut compared = 0;
+        for ms in &matcher_sets {
+            assert_eq!(
+                remote.index().postings_for_matchers(ms).unwrap(),
+                s.local.index().postings_for_matchers(ms).unwrap(),
+                "{ms:?}"
+            );
+            for &(mint, maxt) in &ranges {
+                let want = s.local.select(ms, mint, maxt).unwrap();
+                assert_eq!(remote.select(ms, mint, maxt).unwrap(), want, "{ms:?}");
+                compared += want.len();
+            }
+        }
+        assert!(compared > 1000, "the matchers select series: {compared}");
+        assert_eq!(
+            remote.label_names().unwrap(),
+            s.local.label_names().unwrap()
+        );
+        for name in ["__name__", "instance", "job", "zone", "missing", ""] {
+            assert_eq!(
+                remote.label_values(name).unwrap(),
+                s.local.label_values(name).unwrap(),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            remote.index().symbols().unwrap(),
+            s.local.index().symbols().unwrap()
+        );
+        // Through the Queryable as well.
+        let ms = [m(MatchType::Regex, "job", "job-[27]")];
+        assert_eq!(
+            q.select(&ms, 0, i64::MAX).unwrap(),
+            s.local.select(&ms, 0, i64::MAX).unwrap()
+        );
+        assert_eq!(
+            q.label_values("instance", &ms, 0, i64::MAX).unwrap().len(),
+            s.local.select(&ms, 0, i64::MAX).unwrap().len()
+        );
+        assert_eq!(s.cache.metrics().block_downloads.get(), 0);
+    }
+
+    #[test]
+    fn selective_query_on_a_large_block_fetches_a_small_part_of_it() {
+        let n = 20_000;
+        let series = (0..n)
+            .map(|i| {
+                let samples = (0..240i64)
+                    .map(|j| (j * 15_000, ((i * 31 + j as usize * 7) % 1000) as f64))
+                    .collect();
+                (labels(i), samples)
+            })
+            .collect();
+        let s = setup(series, DEFAULT_PAGE_SIZE);
+        let q = s.queryable();
+        let met = s.cache.metrics();
+        let one = [m(MatchType::Equal, "instance", "host-12345")];
+        let got = q.select(&one, 0, i64::MAX).unwrap();
+        assert_eq!(got, s.local.select(&one, 0, i64::MAX).unwrap());
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].samples.len(), 240);
+        let (fetched, requests) = (met.fetched_bytes.get(), met.range_requests.get());
+        eprintln!(
+            "one series of {n}: fetched {fetched} of {} block bytes in {requests} requests",
+            s.block_bytes
+        );
+        assert!(
+            fetched * 10 < s.block_bytes,
+            "fetched {fetched} bytes of a {}-byte block",
+            s.block_bytes
+        );
+        // The same query again is served from the cache.
+        q.select(&one, 0, i64::MAX).unwrap();
+        assert_eq!(met.fetched_bytes.get(), fetched);
+        assert_eq!(met.range_requests.get(), requests);
+
+        // A broad query fetches its series and chunks in batches, not one request each.
+        let broad = [m(MatchType::Equal, "__name__", "metric_3")];
+        let got = q.select(&broad, 0, i64::MAX).unwrap();
+        assert_eq!(got, s.local.select(&broad, 0, i64::MAX).unwrap());
+        let more = met.range_requests.get() - requests;
+        eprintln!(
+            "{} series of {n}: {more} more requests, {} more bytes",
+            got.len(),
+            met.fetched_bytes.get() - fetched
+        );
+        assert!(
+            more * 20 < got.len() as u64,
+            "{more} requests for {} series",
+            got.len()
+        );
+    }
+
+    #[test]
+    fn cold_compressed_block_is_downloaded_whole_and_reads_the_same() {
+        let tmp_series: Vec<_> = (0..50)
+            .map(|i| (labels(i), vec![(1_000, i as f64), (2_000, 1.0)]))
+            .collect();
+        let s = setup(tmp_series, 4096);
+        // Recompress the bucket copy as the compactor would.
+        let dir = s.local.dir().to_path_buf();
+        let copy = s._tmp.path().join("gz");
+        let local_copy = copy.join(dir.file_name().unwrap());
+        std::fs::create_dir_all(local_copy.join(CHUNKS_DIR)).unwrap();
+        for rel in [META_FILE, INDEX_FILE, "chunks/000001"] {
+            std::fs::copy(dir.join(rel), local_copy.join(rel)).unwrap();
+        }
+        compress_block(&local_copy, Compression::Gzip).unwrap();
+        s.rt.block_on(objstore::upload_block(s.store.as_ref(), "t1", &local_copy))
+            .unwrap();
+        let q = s.queryable();
+        let ms = [m(MatchType::Equal, "zone", "a")];
+        assert_eq!(
+            q.select(&ms, 0, i64::MAX).unwrap(),
+            s.local.select(&ms, 0, i64::MAX).unwrap()
+        );
+        assert_eq!(s.cache.metrics().block_downloads.get(), 1);
+        assert_eq!(s.cache.metrics().range_requests.get(), 0);
+        // Gone from the bucket: its files leave the cache.
+        let id = dir.file_name().unwrap().to_string_lossy().into_owned();
+        s.rt.block_on(objstore::delete_block(s.store.as_ref(), "t1", &id))
+            .unwrap();
+        q.state.lock().unwrap().0 = None;
+        assert!(q.select(&ms, 0, i64::MAX).unwrap().is_empty());
+        assert!(!s.cache.root().join("t1").join(&id).exists());
+    }
+
+    #[test]
+    fn pages_of_a_block_deleted_from_the_bucket_are_removed() {
+        let series = (0..100).map(|i| (labels(i), vec![(1_000, 1.0)])).collect();
+        let s = setup(series, 4096);
+        let q = s.queryable();
+        let ms = [m(MatchType::Equal, "zone", "b")];
+        assert!(!q.select(&ms, 0, i64::MAX).unwrap().is_empty());
+        let id = s.local.meta().ulid.clone();
+        let pages = s.cache.root().join("t1").join(&id);
+        assert!(pages.join("index.pages").is_dir());
+        assert!(s.cache.cached_bytes() > 0);
+        s.rt.block_on(objstore::delete_block(s.store.as_ref(), "t1", &id))
+            .unwrap();
+        q.state.lock().unwrap().0 = None;
+        assert!(q.select(&ms, 0, i64::MAX).unwrap().is_empty());
+        assert!(!pages.exists());
+        assert_eq!(s.cache.cached_bytes(), 0);
+    }
+
+    #[test]
+    fn truncated_segment_in_the_bucket_is_an_error_naming_the_object() {
+        let series = (0..100)
+            .map(|i| (labels(i), (0..200).map(|j| (j * 1000, j as f64)).collect()))
+            .collect();
+        let s = setup(series, 4096);
+        let key = format!("t1/{}/chunks/000001", s.local.meta().ulid);
+        let full = s.rt.block_on(s.store.get(&key)).unwrap();
+        s.rt.block_on(s.store.put(&key, full.slice(..full.len() / 2)))
+            .unwrap();
+        let e = s
+            .queryable()
+            .select(&[m(MatchType::Regex, "zone", ".+")], 0, i64::MAX)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&key), "{e}");
+        assert!(e.contains("bytes "), "{e}");
     }
 }
