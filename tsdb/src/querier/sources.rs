@@ -245,9 +245,15 @@ const BLOCK_LIST_TTL: Duration = Duration::from_secs(30);
 /// of a few requests for header, TOC, symbols and postings offset table.
 const SMALL_INDEX: u64 = 1 << 20;
 
+/// Open blocks no query used for this long are closed when the bucket is listed next, so the
+/// querier's memory follows the blocks queries touch, not every block it ever opened. Reopening
+/// reads the index's header, TOC, symbols and postings offset table again, from the page cache.
+const BLOCK_IDLE_CLOSE: Duration = Duration::from_secs(15 * 60);
+
 struct CachedBlock {
     meta: BlockMeta,
     open: Option<Arc<Block>>,
+    last_used: Instant,
 }
 
 /// A tenant's blocks in object storage. Each block's meta.json is fetched once, when the block
@@ -263,6 +269,8 @@ pub struct BucketQueryable {
     cache: Arc<PageCache>,
     handle: Handle,
     state: Mutex<(Option<Instant>, BTreeMap<String, CachedBlock>)>,
+    /// [`BLOCK_IDLE_CLOSE`], shorter in tests.
+    idle_close: Duration,
 }
 
 impl BucketQueryable {
@@ -279,6 +287,7 @@ impl BucketQueryable {
             cache,
             handle,
             state: Mutex::new((None, BTreeMap::new())),
+            idle_close: BLOCK_IDLE_CLOSE,
         }
     }
 
@@ -311,6 +320,11 @@ impl BucketQueryable {
             let live: BTreeSet<String> = ids.iter().cloned().collect();
             st.1.retain(|k, _| live.contains(k));
             self.drop_cached_blocks_except(&live);
+            for cb in st.1.values_mut() {
+                if cb.last_used.elapsed() > self.idle_close {
+                    cb.open = None;
+                }
+            }
             for id in ids {
                 if st.1.contains_key(&id) {
                     continue;
@@ -325,7 +339,14 @@ impl BucketQueryable {
                     .map_err(|e| exec("reading meta.json", &e))?;
                 let meta: BlockMeta = serde_json::from_slice(&raw)
                     .map_err(|e| exec(&format!("parsing meta.json of block {id}"), &e))?;
-                st.1.insert(id, CachedBlock { meta, open: None });
+                st.1.insert(
+                    id,
+                    CachedBlock {
+                        meta,
+                        open: None,
+                        last_used: Instant::now(),
+                    },
+                );
             }
             st.0 = Some(Instant::now());
         }
@@ -344,6 +365,7 @@ impl BucketQueryable {
                 };
                 cb.open = Some(Arc::new(b));
             }
+            cb.last_used = Instant::now();
             out.extend(cb.open.clone());
         }
         Ok(out)
@@ -955,6 +977,51 @@ mod tests {
         assert!(q.select(&ms, 0, i64::MAX).unwrap().is_empty());
         assert!(!pages.exists());
         assert_eq!(s.cache.cached_bytes(), 0);
+    }
+
+    #[test]
+    fn idle_blocks_are_closed_at_the_next_listing_and_reopened_from_the_cache() {
+        let series = (0..100).map(|i| (labels(i), vec![(1_000, 1.0)])).collect();
+        let s = setup(series, 4096);
+        let mut q = s.queryable();
+        let ms = [m(MatchType::Equal, "zone", "b")];
+        let first = q.blocks(&ms, 0, i64::MAX).unwrap();
+        let want = s.local.select(&ms, 0, i64::MAX).unwrap();
+        assert_eq!(first[0].select(&ms, 0, i64::MAX).unwrap(), want);
+        let fetched = s.cache.metrics().fetched_bytes.get();
+        // Listed again before the idle time: the same open block.
+        q.state.lock().unwrap().0 = None;
+        assert!(Arc::ptr_eq(
+            &first[0],
+            &q.blocks(&ms, 0, i64::MAX).unwrap()[0]
+        ));
+        q.idle_close = Duration::ZERO;
+        q.state.lock().unwrap().0 = None;
+        std::thread::sleep(Duration::from_millis(5));
+        let again = q.blocks(&ms, 0, i64::MAX).unwrap();
+        assert!(!Arc::ptr_eq(&first[0], &again[0]), "closed and reopened");
+        assert_eq!(again[0].select(&ms, 0, i64::MAX).unwrap(), want);
+        assert_eq!(
+            s.cache.metrics().fetched_bytes.get(),
+            fetched,
+            "reopening reads the cached pages"
+        );
+        // Blocks outside the query's range are not opened at all.
+        q.state
+            .lock()
+            .unwrap()
+            .1
+            .values_mut()
+            .for_each(|cb| cb.open = None);
+        assert!(q.blocks(&ms, 10_000_000, 20_000_000).unwrap().is_empty());
+        assert!(
+            q.state
+                .lock()
+                .unwrap()
+                .1
+                .values()
+                .all(|cb| cb.open.is_none())
+        );
     }
 
     #[test]
