@@ -12,7 +12,7 @@
 //! In memory: one small entry per cached page (bounded by the size limit over the page size),
 //! nothing per block read.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::ops::Range;
@@ -46,6 +46,8 @@ const CRC_LEN: u64 = 4;
 const MAX_GAP_PAGES: u64 = 2;
 /// Concurrent GETs of one prefetch.
 const PREFETCH_CONCURRENCY: usize = 8;
+/// Page files kept open between reads (a read of a cached page is then one `pread`).
+const MAX_OPEN_FILES: usize = 256;
 
 /// A read through the page cache failed. Every variant names the object key and byte range.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +173,8 @@ struct Entry {
     bytes: u64,
     /// Whether the file's CRC was checked by this process (pages it wrote are).
     verified: bool,
+    /// The page file, while it is among the open ones.
+    file: Option<Arc<File>>,
 }
 
 #[derive(Debug, Default)]
@@ -180,6 +184,8 @@ struct State {
     lru: BTreeMap<u64, (Arc<str>, u64)>,
     tick: u64,
     bytes: u64,
+    /// Pages whose file is open, oldest first (may name pages since removed).
+    open_files: VecDeque<(Arc<str>, u64)>,
 }
 
 impl State {
@@ -208,9 +214,32 @@ impl State {
                 tick: self.tick,
                 bytes,
                 verified,
+                file: None,
             },
         );
         self.bytes += bytes;
+    }
+
+    /// Keeps `file` open for page `page` of `key`, closing the longest open one beyond the cap.
+    fn keep_open(&mut self, key: &str, page: u64, file: Arc<File>) {
+        let Some((k, pages)) = self.objects.get_key_value(key) else {
+            return;
+        };
+        let k = k.clone();
+        if !pages.contains_key(&page) {
+            return;
+        }
+        if let Some(e) = self.objects.get_mut(key).and_then(|p| p.get_mut(&page)) {
+            e.file = Some(file);
+        }
+        self.open_files.push_back((k, page));
+        while self.open_files.len() > MAX_OPEN_FILES {
+            if let Some((k, p)) = self.open_files.pop_front()
+                && let Some(e) = self.objects.get_mut(&k).and_then(|m| m.get_mut(&p))
+            {
+                e.file = None;
+            }
+        }
     }
 }
 
@@ -465,37 +494,45 @@ impl PageCache {
         in_page: u64,
         dst: &mut [u8],
     ) -> Result<bool, PageCacheError> {
-        let verified = {
+        let (verified, open) = {
             let mut st = self.lock();
             let tick = st.tick + 1;
             let Some(e) = st.objects.get_mut(key).and_then(|p| p.get_mut(&page)) else {
                 return Ok(false);
             };
-            let (old, verified) = (e.tick, e.verified);
+            let (old, verified, open) = (e.tick, e.verified, e.file.clone());
             e.tick = tick;
             st.tick = tick;
             if let Some(v) = st.lru.remove(&old) {
                 st.lru.insert(tick, v);
             }
-            verified
+            (verified, open)
         };
         let path = self.page_path(key, page);
         let io = |op| {
             let path = path.clone();
             move |source| PageCacheError::Io { op, path, source }
         };
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // Evicted meanwhile, or removed behind our back.
-                self.forget(key, page, false);
-                return Ok(false);
-            }
-            Err(e) => return Err(io("open")(e)),
+        let file = match &open {
+            Some(f) => f.clone(),
+            None => match File::open(&path) {
+                Ok(f) => Arc::new(f),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // Evicted meanwhile, or removed behind our back.
+                    self.forget(key, page, false);
+                    return Ok(false);
+                }
+                Err(e) => return Err(io("open")(e)),
+            },
         };
         if verified {
             return match file.read_exact_at(dst, in_page) {
-                Ok(()) => Ok(true),
+                Ok(()) => {
+                    if open.is_none() {
+                        self.lock().keep_open(key, page, file);
+                    }
+                    Ok(true)
+                }
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     self.forget(key, page, true);
                     Ok(false)
@@ -875,6 +912,26 @@ mod tests {
         }
         assert!(c.metrics().page_hits.get() > 0);
         assert_eq!(c.metrics().page_misses.get(), 20_000u64.div_ceil(PS));
+    }
+
+    #[test]
+    fn more_cached_pages_than_open_files_are_all_served_correctly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = cache(tmp.path(), 1 << 30);
+        let pages = MAX_OPEN_FILES as u64 + 44;
+        let f = Fake::new(object((pages * PS) as usize));
+        for round in 0..3 {
+            for p in (0..pages).rev() {
+                let at = p * PS + 100;
+                assert_eq!(
+                    read(&c, &f, "k", at, 50),
+                    f.data[at as usize..at as usize + 50]
+                );
+            }
+            assert_eq!(f.take().len(), if round == 0 { pages as usize } else { 0 });
+        }
+        assert_eq!(c.metrics().page_hits.get(), 2 * pages);
+        assert!(c.lock().open_files.len() <= MAX_OPEN_FILES);
     }
 
     #[test]
