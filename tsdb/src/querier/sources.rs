@@ -244,6 +244,8 @@ const BLOCK_LIST_TTL: Duration = Duration::from_secs(30);
 /// Indexes up to this size are fetched whole with one request when a block is opened, instead
 /// of a few requests for header, TOC, symbols and postings offset table.
 const SMALL_INDEX: u64 = 1 << 20;
+/// Blocks opened at once when a query touches several for the first time.
+const OPEN_CONCURRENCY: usize = 8;
 
 /// Open blocks no query used for this long are closed when the bucket is listed next, so the
 /// querier's memory follows the blocks queries touch, not every block it ever opened. Reopening
@@ -350,25 +352,59 @@ impl BucketQueryable {
             }
             st.0 = Some(Instant::now());
         }
-        let mut out = Vec::new();
-        for (id, cb) in st.1.iter_mut() {
-            if cb.meta.max_time <= mint || cb.meta.min_time > maxt {
-                continue;
-            }
-            if cb.open.is_none() {
-                let b = if crate::block::block_compression(&cb.meta) == Compression::None {
-                    self.open_ranged(id, &cb.meta)
-                        .map_err(|e| exec(&format!("opening block {id}"), &e))?
-                } else {
-                    self.open_downloaded(id)
-                        .map_err(|e| exec(&format!("opening block {id}"), &e))?
-                };
+        let overlaps = |m: &BlockMeta| m.max_time > mint && m.min_time <= maxt;
+        // Blocks first touched by this query are opened concurrently: each costs a few
+        // round trips to the bucket.
+        let to_open: Vec<(String, BlockMeta)> =
+            st.1.iter()
+                .filter(|(_, cb)| cb.open.is_none() && overlaps(&cb.meta))
+                .map(|(id, cb)| (id.clone(), cb.meta.clone()))
+                .collect();
+        let opened: Vec<(String, Result<Block, String>)> = std::thread::scope(|sc| {
+            to_open
+                .chunks(OPEN_CONCURRENCY)
+                .flat_map(|batch| {
+                    let running: Vec<_> = batch
+                        .iter()
+                        .map(|(id, meta)| (id, sc.spawn(|| self.open_block(id, meta))))
+                        .collect();
+                    running
+                        .into_iter()
+                        .map(|(id, h)| {
+                            let r = h
+                                .join()
+                                .unwrap_or_else(|_| Err("opening thread panicked".to_string()));
+                            (id.clone(), r)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        });
+        for (id, r) in opened {
+            let b = r.map_err(|e| exec(&format!("opening block {id}"), &e))?;
+            if let Some(cb) = st.1.get_mut(&id) {
                 cb.open = Some(Arc::new(b));
             }
-            cb.last_used = Instant::now();
-            out.extend(cb.open.clone());
+        }
+        let mut out = Vec::new();
+        for cb in st.1.values_mut() {
+            if overlaps(&cb.meta)
+                && let Some(b) = &cb.open
+            {
+                cb.last_used = Instant::now();
+                out.push(b.clone());
+            }
         }
         Ok(out)
+    }
+
+    /// Opens a block: in place on the bucket, or downloaded when cold-compressed.
+    fn open_block(&self, id: &str, meta: &BlockMeta) -> Result<Block, String> {
+        if crate::block::block_compression(meta) == Compression::None {
+            self.open_ranged(id, meta)
+        } else {
+            self.open_downloaded(id)
+        }
     }
 
     /// Deletes the cached pages and files of every block directory of the tenant not in `live`
@@ -1021,6 +1057,52 @@ mod tests {
                 .1
                 .values()
                 .all(|cb| cb.open.is_none())
+        );
+    }
+
+    #[test]
+    fn query_opens_only_the_blocks_of_its_range_and_merges_them() {
+        let block = |from: i64| -> Vec<_> {
+            (0..30)
+                .map(|i| {
+                    let samples = (0..60).map(|j| (from + j * 60_000, j as f64)).collect();
+                    (labels(i), samples)
+                })
+                .collect()
+        };
+        let h = 3_600_000;
+        let s = setup(block(0), 4096);
+        for from in [h, 2 * h, 3 * h] {
+            let meta = write_block(
+                &s._tmp.path().join("more"),
+                block(from),
+                &BlockOptions::default(),
+            )
+            .unwrap();
+            let dir = s._tmp.path().join("more").join(&meta.ulid);
+            s.rt.block_on(objstore::upload_block(s.store.as_ref(), "t1", &dir))
+                .unwrap();
+        }
+        let q = s.queryable();
+        let ms = [m(MatchType::Equal, "instance", "host-00007")];
+        let got = q.select(&ms, h, 3 * h - 1).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].samples.len(), 120, "two hours of minutely samples");
+        assert_eq!(got[0].samples[0].0, h);
+        let st = q.state.lock().unwrap();
+        assert_eq!(st.1.len(), 4);
+        let open: Vec<(i64, bool)> =
+            st.1.values()
+                .map(|cb| (cb.meta.min_time, cb.open.is_some()))
+                .collect();
+        assert_eq!(
+            open.iter().filter(|(_, o)| *o).count(),
+            2,
+            "only the two blocks in range are open: {open:?}"
+        );
+        assert!(
+            open.iter().all(|&(t, o)| o == (t == h || t == 2 * h)),
+            "{open:?}"
         );
     }
 
