@@ -390,9 +390,9 @@ impl PageCache {
         if missing.is_empty() {
             return Ok(());
         }
-        let runs = runs(&missing, 1);
-        let fetched = self.fetch_runs(key, size, &runs, fetch);
-        for ((first, last), data) in runs.into_iter().zip(fetched) {
+        let groups = runs(&missing, 1);
+        let fetched = self.fetch_runs(key, size, &groups, fetch);
+        for ((first, last), data) in groups.into_iter().zip(fetched) {
             let data = data?;
             for page in first..=last {
                 let p_start = page * ps;
@@ -425,8 +425,8 @@ impl PageCache {
         if pages.is_empty() {
             return;
         }
-        let runs = runs(&pages, MAX_GAP_PAGES + 1);
-        for r in self.fetch_runs(key, size, &runs, fetch) {
+        let groups = runs(&pages, MAX_GAP_PAGES + 1);
+        for r in self.fetch_runs(key, size, &groups, fetch) {
             if let Err(e) = r {
                 tracing::debug!(key, error = %e, "prefetch failed; the read will retry");
             }
