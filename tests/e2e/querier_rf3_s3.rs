@@ -177,3 +177,76 @@ async fn query_over_rf3_ingesters_and_s3_blocks_is_continuous_without_duplicates
     .await
     .unwrap();
 }
+
+/// A querier over one large block in S3 (20 000 series): a query for one series fetches a small
+/// part of the block with ranged GETs, never the whole block.
+#[test]
+fn selective_query_on_a_large_s3_block_fetches_a_small_part_of_it() {
+    use rimir_tsdb::block::{BlockOptions, write_block};
+    use rimir_tsdb::labels::Labels;
+    use rimir_tsdb::objstore::{S3Store, upload_block};
+
+    let moto = MotoServer::shared();
+    let bucket = "rimir-querier-ranged";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(moto.create_bucket(bucket));
+    let tmp = tempfile::tempdir().unwrap();
+    let base: i64 = 1_700_000_000_000;
+    let n = 20_000;
+    let series = (0..n)
+        .map(|i| {
+            let labels = Labels::from_pairs([
+                ("__name__", format!("ranged_metric_{}", i % 7)),
+                ("instance", format!("host-{i:05}")),
+                ("job", format!("job-{}", i % 13)),
+            ]);
+            let samples = (0..240i64)
+                .map(|j| (base + j * 15_000, ((i * 31 + j as usize * 7) % 1000) as f64))
+                .collect();
+            (labels, samples)
+        })
+        .collect();
+    let meta = write_block(&tmp.path().join("local"), series, &BlockOptions::default()).unwrap();
+    let store = S3Store::new(&moto.s3_config(bucket), &moto.sdk_config()).unwrap();
+    let uploaded = rt
+        .block_on(upload_block(
+            &store,
+            "anonymous",
+            &tmp.path().join("local").join(&meta.ulid),
+        ))
+        .unwrap();
+
+    let mut args = vec!["--target=querier".to_string()];
+    args.extend(s3_args(&moto, bucket));
+    let querier = Rimir::start_with_env(&args, None, tmp.path(), "querier", &child_env());
+    querier.wait_ready();
+    let url = format!(
+        "{}/prometheus/api/v1/query?query=%7Binstance%3D%22host-12345%22%7D%5B1h%5D&time={}",
+        querier.url,
+        (base + 239 * 15_000) / 1000
+    );
+    let (code, body) = rimir_e2e::rimir::get(&url);
+    assert_eq!(code, 200, "{body}\n{}", querier.log_text());
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let result = v["data"]["result"].as_array().unwrap();
+    assert_eq!(result.len(), 1, "{body}");
+    assert_eq!(result[0]["values"].as_array().unwrap().len(), 240);
+
+    let (_, metrics) = rimir_e2e::rimir::get(&format!("{}/metrics", querier.url));
+    let fetched = metric(&metrics, "rimir_querier_bucket_fetched_bytes_total");
+    let requests = metric(&metrics, "rimir_querier_bucket_range_requests_total");
+    eprintln!(
+        "one series of {n} from S3: {fetched} of {} block bytes in {requests} ranged GETs",
+        uploaded.bytes
+    );
+    assert_eq!(
+        metric(&metrics, "rimir_querier_bucket_block_downloads_total"),
+        0.0
+    );
+    assert!(requests > 0.0);
+    assert!(
+        fetched * 10.0 < uploaded.bytes as f64,
+        "fetched {fetched} bytes of a {}-byte block",
+        uploaded.bytes
+    );
+}
