@@ -798,6 +798,35 @@ impl Block {
         Ok(())
     }
 
+    /// Label sets of the series matching `matchers` that have a chunk overlapping `[mint, maxt]`,
+    /// in label order, from the index alone (as Prometheus answers the series API from blocks:
+    /// a chunk's time range, not its samples, decides).
+    pub fn series_labels(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Labels>, BlockError> {
+        let mut out = Vec::new();
+        if maxt < self.meta.min_time || mint >= self.meta.max_time {
+            return Ok(out);
+        }
+        const BATCH: usize = 1024;
+        for refs in self.index.postings_for_matchers(matchers)?.chunks(BATCH) {
+            self.index.prefetch_series(refs);
+            for &r in refs {
+                let (labels, metas) = self.index.series(r)?;
+                if metas
+                    .iter()
+                    .any(|m| m.max_time >= mint && m.min_time <= maxt)
+                {
+                    out.push(labels);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The series matching `matchers` with their samples in `[mint, maxt]`, in label order.
     pub fn select(
         &self,

@@ -547,6 +547,26 @@ fn remove_legacy_download(dir: &Path) {
     let _ = std::fs::remove_file(dir.join(META_FILE));
 }
 
+impl BucketQueryable {
+    /// Label sets of the matching series with a chunk in `[mint, maxt]` in any block, sorted and
+    /// unique; reads the indexes only.
+    fn label_sets(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<BTreeSet<Labels>, QueryError> {
+        let mut sets = BTreeSet::new();
+        for b in self.blocks(matchers, mint, maxt)? {
+            sets.extend(
+                b.series_labels(matchers, mint, maxt)
+                    .map_err(|e| storage(matchers, mint, maxt, e.to_string()))?,
+            );
+        }
+        Ok(sets)
+    }
+}
+
 impl Queryable for BucketQueryable {
     fn select(
         &self,
@@ -562,6 +582,16 @@ impl Queryable for BucketQueryable {
             );
         }
         Ok(merge_series(lists))
+    }
+
+    /// From the block indexes, without reading chunks.
+    fn series(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Labels>, QueryError> {
+        Ok(self.label_sets(matchers, mint, maxt)?.into_iter().collect())
     }
 
     fn label_names(
@@ -581,8 +611,8 @@ impl Queryable for BucketQueryable {
             }
             return Ok(names.into_iter().collect());
         }
-        let series = self.select(matchers, mint, maxt)?;
-        Ok(super::label_names_of(series.iter().map(|s| &s.labels)))
+        let sets = self.label_sets(matchers, mint, maxt)?;
+        Ok(super::label_names_of(sets.iter()))
     }
 
     fn label_values(
@@ -602,11 +632,8 @@ impl Queryable for BucketQueryable {
             }
             return Ok(values.into_iter().collect());
         }
-        let series = self.select(matchers, mint, maxt)?;
-        Ok(super::label_values_of(
-            name,
-            series.iter().map(|s| &s.labels),
-        ))
+        let sets = self.label_sets(matchers, mint, maxt)?;
+        Ok(super::label_values_of(name, sets.iter()))
     }
 }
 
@@ -652,6 +679,20 @@ impl MergedQueryable {
 }
 
 impl Queryable for MergedQueryable {
+    fn series(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Labels>, QueryError> {
+        let sets: BTreeSet<Labels> = self
+            .gather(maxt, |s| s.series(matchers, mint, maxt))?
+            .into_iter()
+            .flatten()
+            .collect();
+        Ok(sets.into_iter().collect())
+    }
+
     fn select(
         &self,
         matchers: &[Matcher],
@@ -909,6 +950,53 @@ mod tests {
             s.local.select(&ms, 0, i64::MAX).unwrap().len()
         );
         assert_eq!(s.cache.metrics().block_downloads.get(), 0);
+    }
+
+    #[test]
+    fn series_and_label_queries_with_matchers_read_no_chunks() {
+        let series = (0..300)
+            .map(|i| {
+                let samples = (0..200i64).map(|j| (j * 15_000, j as f64)).collect();
+                (labels(i), samples)
+            })
+            .collect();
+        let s = setup(series, 1024);
+        let q = s.queryable();
+        let ms = [m(MatchType::Regex, "job", "job-[13]")];
+        let want: Vec<Labels> = s
+            .local
+            .select(&ms, 0, i64::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.labels)
+            .collect();
+        assert_eq!(q.series(&ms, 0, i64::MAX).unwrap(), want);
+        assert_eq!(
+            q.label_values("instance", &ms, 0, i64::MAX).unwrap().len(),
+            want.len()
+        );
+        assert_eq!(
+            q.label_names(&ms, 0, i64::MAX).unwrap(),
+            ["__name__", "instance", "job", "zone"]
+        );
+        assert!(q.series(&ms, 10_000_000, 20_000_000).unwrap().is_empty());
+        let chunk_pages = std::fs::read_dir(
+            s.cache
+                .root()
+                .join("t1")
+                .join(&s.local.meta().ulid)
+                .join(CHUNKS_DIR),
+        )
+        .map(|d| d.count())
+        .unwrap_or(0);
+        assert_eq!(chunk_pages, 0, "no chunk segment page was fetched");
+        // select does read them.
+        assert_eq!(q.select(&ms, 0, i64::MAX).unwrap().len(), want.len());
+        assert!(
+            s.cache
+                .page_path(&format!("t1/{}/chunks/000001", s.local.meta().ulid), 0)
+                .is_file()
+        );
     }
 
     #[test]
