@@ -2,8 +2,8 @@
 //! write-ahead log, compaction, and object storage. Start at [`block`] for the on-disk block,
 //! [`head`] for appends, [`objstore`] for the bucket layout.
 //!
-//! Layering: `encoding`, `labels`, `readat` → `chunkenc`, `chunks`, `index` → `block` → `head`, `wal`,
-//! `compact` → `objstore` → the server roles. Lower modules never call upper ones.
+//! Layering: `encoding`, `labels`, `readat` → `chunkenc`, `chunks`, `index` → `block` → `head`,
+//! `wal`, `compact` → `objstore` → the server roles. Lower modules never call upper ones.
 
 pub mod api;
 pub mod block;

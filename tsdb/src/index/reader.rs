@@ -25,6 +25,8 @@ use crate::readat::{FileReadAt, ReadAt};
 
 /// Symbol tables up to this size are kept in memory.
 const SYMBOLS_IN_MEMORY_MAX: u64 = 4 << 20;
+/// Bytes read at once for a series entry: most entries are shorter, so one read does.
+const SERIES_FIRST_READ: u64 = 512;
 
 /// An open index file, local or in the bucket (see [`ReadAt`]).
 #[derive(Debug)]
@@ -201,14 +203,14 @@ impl IndexReader {
     }
 
     /// Hints that the series `refs` will be read: a bucket-backed index fetches their entries
-    /// together (a local file ignores it). Series entries are read 512 bytes at a time, so
-    /// that is what is asked for per series.
+    /// together (a local file ignores it). Asks for the bytes the first read of each entry
+    /// takes.
     pub fn prefetch_series(&self, refs: &[u64]) {
         let ranges: Vec<Range<u64>> = refs
             .iter()
             .filter_map(|r| r.checked_mul(SERIES_ALIGN))
             .filter(|&o| o >= self.toc.series && o < self.series_end)
-            .map(|o| o..(o + 512).min(self.size))
+            .map(|o| o..(o + SERIES_FIRST_READ).min(self.size))
             .collect();
         if !ranges.is_empty() {
             self.src.prefetch(&ranges);
@@ -648,9 +650,11 @@ impl IndexReader {
         at: u64,
         section: &'static str,
     ) -> Result<(Vec<u8>, u64), IndexError> {
-        // Most entries are shorter than this: read them with one call.
-        const SPECULATIVE: u64 = 512;
-        let head = self.read(at, SPECULATIVE.min(self.size.saturating_sub(at)), section)?;
+        let head = self.read(
+            at,
+            SERIES_FIRST_READ.min(self.size.saturating_sub(at)),
+            section,
+        )?;
         let mut d = Decbuf::with_base(&head, at as usize);
         let len = d
             .uvarint()
