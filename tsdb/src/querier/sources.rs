@@ -273,6 +273,8 @@ pub struct BucketQueryable {
     state: Mutex<(Option<Instant>, BTreeMap<String, CachedBlock>)>,
     /// [`BLOCK_IDLE_CLOSE`], shorter in tests.
     idle_close: Duration,
+    /// One lock per cold-compressed block, so two queries never download it at once.
+    downloads: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl BucketQueryable {
@@ -290,6 +292,7 @@ impl BucketQueryable {
             handle,
             state: Mutex::new((None, BTreeMap::new())),
             idle_close: BLOCK_IDLE_CLOSE,
+            downloads: Mutex::new(HashMap::new()),
         }
     }
 
@@ -322,23 +325,21 @@ impl BucketQueryable {
             let live: BTreeSet<String> = ids.iter().cloned().collect();
             st.1.retain(|k, _| live.contains(k));
             self.drop_cached_blocks_except(&live);
+            self.downloads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|k, _| live.contains(k));
             for cb in st.1.values_mut() {
                 if cb.last_used.elapsed() > self.idle_close {
                     cb.open = None;
                 }
             }
-            for id in ids {
-                if st.1.contains_key(&id) {
-                    continue;
-                }
-                let raw = self
-                    .handle
-                    .block_on(objstore::read_meta_json(
-                        self.store.as_ref(),
-                        &self.tenant,
-                        &id,
-                    ))
-                    .map_err(|e| exec("reading meta.json", &e))?;
+            let new: Vec<String> = ids
+                .into_iter()
+                .filter(|id| !st.1.contains_key(id))
+                .collect();
+            for (id, raw) in self.read_metas(new) {
+                let raw = raw.map_err(|e| exec("reading meta.json", &e))?;
                 let meta: BlockMeta = serde_json::from_slice(&raw)
                     .map_err(|e| exec(&format!("parsing meta.json of block {id}"), &e))?;
                 st.1.insert(
@@ -360,6 +361,8 @@ impl BucketQueryable {
                 .filter(|(_, cb)| cb.open.is_none() && overlaps(&cb.meta))
                 .map(|(id, cb)| (id.clone(), cb.meta.clone()))
                 .collect();
+        // Opened without the lock: queries over blocks already open go on meanwhile.
+        drop(st);
         let opened: Vec<(String, Result<Block, String>)> = std::thread::scope(|sc| {
             to_open
                 .chunks(OPEN_CONCURRENCY)
@@ -380,9 +383,13 @@ impl BucketQueryable {
                 })
                 .collect()
         });
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         for (id, r) in opened {
             let b = r.map_err(|e| exec(&format!("opening block {id}"), &e))?;
-            if let Some(cb) = st.1.get_mut(&id) {
+            // Another query may have opened it meanwhile, or a listing dropped it.
+            if let Some(cb) = st.1.get_mut(&id)
+                && cb.open.is_none()
+            {
                 cb.open = Some(Arc::new(b));
             }
         }
@@ -396,6 +403,34 @@ impl BucketQueryable {
             }
         }
         Ok(out)
+    }
+
+    /// Reads the meta.json of the blocks `ids`, several at once; a block whose read task
+    /// failed is left out (and read at the next listing).
+    fn read_metas(&self, ids: Vec<String>) -> Vec<(String, objstore::Result<bytes::Bytes>)> {
+        const CONCURRENCY: usize = 16;
+        let (store, tenant) = (self.store.clone(), self.tenant.clone());
+        self.handle.block_on(async move {
+            let mut out = Vec::with_capacity(ids.len());
+            let mut ids = ids.into_iter();
+            let mut set = tokio::task::JoinSet::new();
+            loop {
+                while set.len() < CONCURRENCY {
+                    let Some(id) = ids.next() else { break };
+                    let (store, tenant) = (store.clone(), tenant.clone());
+                    set.spawn(async move {
+                        let r = objstore::read_meta_json(store.as_ref(), &tenant, &id).await;
+                        (id, r)
+                    });
+                }
+                match set.join_next().await {
+                    Some(Ok(done)) => out.push(done),
+                    Some(Err(e)) => tracing::warn!(tenant, error = %e, "reading meta.json failed"),
+                    None => break,
+                }
+            }
+            out
+        })
     }
 
     /// Opens a block: in place on the bucket, or downloaded when cold-compressed.
@@ -490,6 +525,14 @@ impl BucketQueryable {
     /// Downloads a cold-compressed block whole (the only way to read it) and opens it,
     /// decompressed into a scratch directory.
     fn open_downloaded(&self, id: &str) -> Result<Block, String> {
+        let lock = self
+            .downloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        let _downloading = lock.lock().unwrap_or_else(|e| e.into_inner());
         let dir = self.tenant_dir().join(id);
         if !dir.join(META_FILE).is_file() {
             let _ = std::fs::remove_dir_all(&dir);
@@ -1082,6 +1125,48 @@ mod tests {
         q.state.lock().unwrap().0 = None;
         assert!(q.select(&ms, 0, i64::MAX).unwrap().is_empty());
         assert!(!s.cache.root().join("t1").join(&id).exists());
+    }
+
+    #[test]
+    fn concurrent_first_queries_agree_and_download_a_compressed_block_once() {
+        let series: Vec<_> = (0..200)
+            .map(|i| (labels(i), (0..100).map(|j| (j * 1000, j as f64)).collect()))
+            .collect();
+        let s = setup(series.clone(), 4096);
+        // A second, gzip-compressed block with the same series a bit later.
+        let later: Vec<_> = series
+            .into_iter()
+            .map(|(l, v): (Labels, Vec<crate::series::Sample>)| {
+                (l, v.into_iter().map(|(t, x)| (t + 100_000, x)).collect())
+            })
+            .collect();
+        let gz = s._tmp.path().join("gz");
+        let meta = write_block(&gz, later, &BlockOptions::default()).unwrap();
+        compress_block(&gz.join(&meta.ulid), Compression::Gzip).unwrap();
+        s.rt.block_on(objstore::upload_block(
+            s.store.as_ref(),
+            "t1",
+            &gz.join(&meta.ulid),
+        ))
+        .unwrap();
+        let q = s.queryable();
+        let ms = [m(MatchType::Regex, "job", "job-[0-5]")];
+        let results: Vec<Vec<Series>> = std::thread::scope(|sc| {
+            let running: Vec<_> = (0..6)
+                .map(|_| sc.spawn(|| q.select(&ms, 0, i64::MAX).unwrap()))
+                .collect();
+            running.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let local = s.local.select(&ms, 0, i64::MAX).unwrap();
+        for r in &results {
+            assert_eq!(r.len(), local.len());
+            for (got, want) in r.iter().zip(&local) {
+                assert_eq!(got.labels, want.labels);
+                assert_eq!(got.samples.len(), 200, "both blocks' samples");
+                assert_eq!(&got.samples[..100], &want.samples[..]);
+            }
+        }
+        assert_eq!(s.cache.metrics().block_downloads.get(), 1);
     }
 
     #[test]
