@@ -1170,6 +1170,27 @@ mod tests {
     }
 
     #[test]
+    fn block_without_file_sizes_in_meta_is_sized_by_listing() {
+        let series = (0..50)
+            .map(|i| (labels(i), (0..30).map(|j| (j * 1000, j as f64)).collect()))
+            .collect();
+        let s = setup(series, 4096);
+        let mut meta = s.local.meta().clone();
+        assert!(sizes_from_meta(&meta).is_some_and(|m| m.len() == 2));
+        // As promtool writes it: no thanos section.
+        meta.thanos = None;
+        assert!(sizes_from_meta(&meta).is_none());
+        let key = format!("t1/{}/meta.json", meta.ulid);
+        s.rt.block_on(s.store.put(&key, serde_json::to_vec(&meta).unwrap().into()))
+            .unwrap();
+        let ms = [m(MatchType::Equal, "zone", "c")];
+        assert_eq!(
+            s.queryable().select(&ms, 0, i64::MAX).unwrap(),
+            s.local.select(&ms, 0, i64::MAX).unwrap()
+        );
+    }
+
+    #[test]
     fn pages_of_a_block_deleted_from_the_bucket_are_removed() {
         let series = (0..100).map(|i| (labels(i), vec![(1_000, 1.0)])).collect();
         let s = setup(series, 4096);
