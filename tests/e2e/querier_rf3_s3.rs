@@ -1,10 +1,19 @@
 //! A querier process over three ingesters (RF=3) and S3 blocks (moto): after the ingesters flush
 //! their replica blocks to S3 and take more samples, a query spanning both is continuous and
-//! has every sample exactly once, the three replica blocks read from S3 deduplicated.
+//! has every sample exactly once, the three replica blocks read from S3 deduplicated, with
+//! ranged GETs through the querier's page cache and no whole-block download.
 
 use rimir_e2e::free_port;
 use rimir_e2e::moto::{MotoServer, child_env};
 use rimir_e2e::rimir::{Rimir, now_ms, post, snappy, write_request};
+
+/// The value of the sample `name` (no labels) in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+}
 
 fn s3_args(moto: &MotoServer, bucket: &str) -> Vec<String> {
     vec![
@@ -124,15 +133,120 @@ async fn query_over_rf3_ingesters_and_s3_blocks_is_continuous_without_duplicates
                 "series s={s}: every sample once, across blocks and ingesters"
             );
         }
-        // The three replica blocks were read from S3 (downloaded into the querier's cache,
-        // which lives in its working directory).
-        let cached: Vec<_> = std::fs::read_dir(dir.join("data/querier/anonymous"))
-            .expect("the querier cached blocks from the bucket")
+        // The three replica blocks were read from S3 in place: ranged GETs through the page
+        // cache under the querier's working directory, no whole-block download.
+        let (code, metrics) = rimir_e2e::rimir::get(&format!("{}/metrics", querier.url));
+        assert_eq!(code, 200, "{metrics}");
+        let requests = metric(&metrics, "rimir_querier_bucket_range_requests_total");
+        let fetched = metric(&metrics, "rimir_querier_bucket_fetched_bytes_total");
+        assert!(
+            requests >= 3.0,
+            "one or more ranged GETs per block: {requests}"
+        );
+        assert!(fetched > 0.0, "{metrics}");
+        assert_eq!(
+            metric(&metrics, "rimir_querier_bucket_block_downloads_total"),
+            0.0,
+            "no block was downloaded whole"
+        );
+        assert!(metric(&metrics, "rimir_querier_page_cache_misses_total") > 0.0);
+        let blocks: Vec<_> = std::fs::read_dir(dir.join("data/querier/anonymous"))
+            .expect("the querier cached pages of the bucket's blocks")
             .filter_map(|e| e.ok())
-            .filter(|e| e.path().join("meta.json").is_file())
+            .filter(|e| e.path().join("index.pages").is_dir())
             .collect();
-        assert_eq!(cached.len(), 3, "one block per replica: {cached:?}");
+        assert_eq!(blocks.len(), 3, "one block per replica: {blocks:?}");
+        for b in &blocks {
+            assert!(
+                !b.path().join("meta.json").exists() && !b.path().join("index").exists(),
+                "no whole-block copy in {:?}",
+                b.path()
+            );
+        }
+        // Asked again, the blocks are read from the local page cache.
+        let (code, body) = rimir_e2e::rimir::get(&url);
+        assert_eq!(code, 200, "{body}");
+        let (_, metrics) = rimir_e2e::rimir::get(&format!("{}/metrics", querier.url));
+        assert_eq!(
+            metric(&metrics, "rimir_querier_bucket_range_requests_total"),
+            requests,
+            "the repeated query fetched nothing"
+        );
+        assert!(metric(&metrics, "rimir_querier_page_cache_hits_total") > 0.0);
     })
     .await
     .unwrap();
+}
+
+/// A querier over one large block in S3 (20 000 series): a query for one series fetches a small
+/// part of the block with ranged GETs, never the whole block.
+#[test]
+fn selective_query_on_a_large_s3_block_fetches_a_small_part_of_it() {
+    use rimir_tsdb::block::{BlockOptions, write_block};
+    use rimir_tsdb::labels::Labels;
+    use rimir_tsdb::objstore::{S3Store, upload_block};
+
+    let moto = MotoServer::shared();
+    let bucket = "rimir-querier-ranged";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(moto.create_bucket(bucket));
+    let tmp = tempfile::tempdir().unwrap();
+    let base: i64 = 1_700_000_000_000;
+    let n = 20_000;
+    let series = (0..n)
+        .map(|i| {
+            let labels = Labels::from_pairs([
+                ("__name__", format!("ranged_metric_{}", i % 7)),
+                ("instance", format!("host-{i:05}")),
+                ("job", format!("job-{}", i % 13)),
+            ]);
+            let samples = (0..240i64)
+                .map(|j| (base + j * 15_000, ((i * 31 + j as usize * 7) % 1000) as f64))
+                .collect();
+            (labels, samples)
+        })
+        .collect();
+    let meta = write_block(&tmp.path().join("local"), series, &BlockOptions::default()).unwrap();
+    let store = S3Store::new(&moto.s3_config(bucket), &moto.sdk_config()).unwrap();
+    let uploaded = rt
+        .block_on(upload_block(
+            &store,
+            "anonymous",
+            &tmp.path().join("local").join(&meta.ulid),
+        ))
+        .unwrap();
+
+    let mut args = vec!["--target=querier".to_string()];
+    args.extend(s3_args(&moto, bucket));
+    let querier = Rimir::start_with_env(&args, None, tmp.path(), "querier", &child_env());
+    querier.wait_ready();
+    let url = format!(
+        "{}/prometheus/api/v1/query?query=%7Binstance%3D%22host-12345%22%7D%5B1h%5D&time={}",
+        querier.url,
+        (base + 239 * 15_000) / 1000
+    );
+    let (code, body) = rimir_e2e::rimir::get(&url);
+    assert_eq!(code, 200, "{body}\n{}", querier.log_text());
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let result = v["data"]["result"].as_array().unwrap();
+    assert_eq!(result.len(), 1, "{body}");
+    assert_eq!(result[0]["values"].as_array().unwrap().len(), 240);
+
+    let (_, metrics) = rimir_e2e::rimir::get(&format!("{}/metrics", querier.url));
+    let fetched = metric(&metrics, "rimir_querier_bucket_fetched_bytes_total");
+    let requests = metric(&metrics, "rimir_querier_bucket_range_requests_total");
+    eprintln!(
+        "one series of {n} from S3: {fetched} of {} block bytes in {requests} ranged GETs",
+        uploaded.bytes
+    );
+    assert_eq!(
+        metric(&metrics, "rimir_querier_bucket_block_downloads_total"),
+        0.0
+    );
+    assert!(requests > 0.0);
+    assert!(
+        fetched * 10.0 < uploaded.bytes as f64,
+        "fetched {fetched} bytes of a {}-byte block",
+        uploaded.bytes
+    );
 }

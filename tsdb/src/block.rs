@@ -723,6 +723,22 @@ impl Block {
         })
     }
 
+    /// A block over readers opened elsewhere (e.g. on bucket objects); `dir` names it in errors.
+    pub fn from_readers(
+        dir: PathBuf,
+        meta: BlockMeta,
+        index: IndexReader,
+        chunks: SegmentReader,
+    ) -> Self {
+        Self {
+            dir,
+            meta,
+            index,
+            chunks,
+            _scratch: None,
+        }
+    }
+
     /// The block's meta.json.
     pub fn meta(&self) -> &BlockMeta {
         &self.meta
@@ -755,14 +771,60 @@ impl Block {
         if maxt < self.meta.min_time || mint >= self.meta.max_time {
             return Ok(());
         }
-        for r in self.index.postings_for_matchers(matchers)? {
-            let (labels, metas) = self.index.series(r)?;
-            let samples = self.read_samples(&labels, &metas, mint, maxt)?;
-            if !samples.is_empty() {
-                f(Series { labels, samples })?;
+        // In batches: each batch's series entries, then its chunks, are announced to the
+        // readers first, so a bucket-backed block fetches them with a few requests instead of
+        // one per series (local files ignore the hints).
+        const BATCH: usize = 1024;
+        for refs in self.index.postings_for_matchers(matchers)?.chunks(BATCH) {
+            self.index.prefetch_series(refs);
+            let mut batch = Vec::with_capacity(refs.len());
+            for &r in refs {
+                batch.push(self.index.series(r)?);
+            }
+            let chunk_refs: Vec<u64> = batch
+                .iter()
+                .flat_map(|(_, metas)| metas)
+                .filter(|m| m.max_time >= mint && m.min_time <= maxt)
+                .map(|m| m.chunk_ref)
+                .collect();
+            self.chunks.prefetch(&chunk_refs);
+            for (labels, metas) in batch {
+                let samples = self.read_samples(&labels, &metas, mint, maxt)?;
+                if !samples.is_empty() {
+                    f(Series { labels, samples })?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Label sets of the series matching `matchers` that have a chunk overlapping `[mint, maxt]`,
+    /// in label order, from the index alone (as Prometheus answers the series API from blocks:
+    /// a chunk's time range, not its samples, decides).
+    pub fn series_labels(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Labels>, BlockError> {
+        let mut out = Vec::new();
+        if maxt < self.meta.min_time || mint >= self.meta.max_time {
+            return Ok(out);
+        }
+        const BATCH: usize = 1024;
+        for refs in self.index.postings_for_matchers(matchers)?.chunks(BATCH) {
+            self.index.prefetch_series(refs);
+            for &r in refs {
+                let (labels, metas) = self.index.series(r)?;
+                if metas
+                    .iter()
+                    .any(|m| m.max_time >= mint && m.min_time <= maxt)
+                {
+                    out.push(labels);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The series matching `matchers` with their samples in `[mint, maxt]`, in label order.

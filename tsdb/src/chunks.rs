@@ -8,12 +8,14 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::FileExt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use thiserror::Error;
 
 use crate::encoding::{crc32c, crc32c_append, put_uvarint, uvarint};
+use crate::readat::{FileReadAt, ReadAt};
 
 /// Magic number at the start of every chunk segment file.
 pub const MAGIC_CHUNKS: u32 = 0x85BD_40DD;
@@ -330,12 +332,51 @@ impl SegmentWriter {
 
 #[derive(Debug)]
 struct Segment {
+    /// Names the segment in errors: a local path, or `<bucket>/<key>`.
     path: PathBuf,
-    file: File,
+    src: Box<dyn ReadAt>,
     size: u64,
+    /// Set once the header was read and found valid.
+    checked: OnceLock<()>,
 }
 
-/// Reads chunks of a block by reference, with positioned reads of the segment files.
+impl Segment {
+    /// Checks the segment's size and 8-byte header.
+    fn check_header(&self) -> Result<(), ChunksError> {
+        if self.checked.get().is_some() {
+            return Ok(());
+        }
+        let path = &self.path;
+        if self.size < SEGMENT_HEADER_SIZE {
+            return Err(ChunksError::ShortHeader {
+                path: path.clone(),
+                size: self.size,
+            });
+        }
+        let mut header = [0u8; SEGMENT_HEADER_SIZE as usize];
+        self.src
+            .read_exact_at(&mut header, 0)
+            .map_err(io_err("reading chunk segment header", path))?;
+        let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+        if magic != MAGIC_CHUNKS {
+            return Err(ChunksError::BadMagic {
+                path: path.clone(),
+                found: magic,
+            });
+        }
+        if header[4] != CHUNKS_FORMAT_V1 {
+            return Err(ChunksError::BadVersion {
+                path: path.clone(),
+                found: header[4],
+            });
+        }
+        let _ = self.checked.set(());
+        Ok(())
+    }
+}
+
+/// Reads chunks of a block by reference, with positioned reads of the segment files (local
+/// files or bucket objects, see [`ReadAt`]).
 #[derive(Debug)]
 pub struct SegmentReader {
     dir: PathBuf,
@@ -346,39 +387,62 @@ pub struct SegmentReader {
 impl SegmentReader {
     /// Opens every segment file in `chunks_dir` and checks its header.
     pub fn open(chunks_dir: &Path) -> Result<Self, ChunksError> {
-        let mut segments = Vec::new();
-        let mut total = 0;
+        let mut sources = Vec::new();
         for name in segment_names(chunks_dir)? {
             let path = chunks_dir.join(name);
             let file = File::open(&path).map_err(io_err("opening chunk segment", &path))?;
-            let size = file
-                .metadata()
-                .map_err(io_err("reading size of chunk segment", &path))?
-                .len();
-            if size < SEGMENT_HEADER_SIZE {
-                return Err(ChunksError::ShortHeader { path, size });
-            }
-            let mut header = [0u8; SEGMENT_HEADER_SIZE as usize];
-            file.read_exact_at(&mut header, 0)
-                .map_err(io_err("reading chunk segment header", &path))?;
-            let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-            if magic != MAGIC_CHUNKS {
-                return Err(ChunksError::BadMagic { path, found: magic });
-            }
-            if header[4] != CHUNKS_FORMAT_V1 {
-                return Err(ChunksError::BadVersion {
-                    path,
-                    found: header[4],
-                });
-            }
-            total += size;
-            segments.push(Segment { path, file, size });
+            let src =
+                FileReadAt::new(file).map_err(io_err("reading size of chunk segment", &path))?;
+            sources.push((path, Box::new(src) as Box<dyn ReadAt>));
         }
-        Ok(Self {
-            dir: chunks_dir.to_path_buf(),
+        let r = Self::from_sources(chunks_dir, sources);
+        for seg in &r.segments {
+            seg.check_header()?;
+        }
+        Ok(r)
+    }
+
+    /// A reader over the given segments, in segment index order (`000001` first), each with the
+    /// name that stands for it in errors; `dir` names the chunks directory. Headers are checked
+    /// on the first read of each segment, so opening costs no reads.
+    pub fn from_sources(dir: &Path, sources: Vec<(PathBuf, Box<dyn ReadAt>)>) -> Self {
+        let segments: Vec<Segment> = sources
+            .into_iter()
+            .map(|(path, src)| Segment {
+                path,
+                size: src.size(),
+                src,
+                checked: OnceLock::new(),
+            })
+            .collect();
+        Self {
+            dir: dir.to_path_buf(),
+            total: segments.iter().map(|s| s.size).sum(),
             segments,
-            total,
-        })
+        }
+    }
+
+    /// Hints that the chunks at `refs` will be read: a bucket-backed reader fetches them
+    /// together (local files ignore it). Asks for the bytes one first read of a chunk takes.
+    pub fn prefetch(&self, refs: &[u64]) {
+        let mut per_segment: Vec<Vec<Range<u64>>> = vec![Vec::new(); self.segments.len()];
+        for &r in refs {
+            let (seg, offset) = split_chunk_ref(r);
+            if let (Some(seg), Some(ranges)) = (
+                self.segments.get(seg as usize),
+                per_segment.get_mut(seg as usize),
+            ) {
+                let offset = u64::from(offset);
+                if offset < seg.size {
+                    ranges.push(offset..(offset + FIRST_READ).min(seg.size));
+                }
+            }
+        }
+        for (seg, ranges) in self.segments.iter().zip(&per_segment) {
+            if !ranges.is_empty() {
+                seg.src.prefetch(ranges);
+            }
+        }
     }
 
     /// Total size of the segment files in bytes.
@@ -403,6 +467,7 @@ impl SegmentReader {
                 segments: self.segments.len(),
             });
         };
+        seg.check_header()?;
         if offset < SEGMENT_HEADER_SIZE || offset >= seg.size {
             return Err(ChunksError::RefOutOfRange {
                 chunk_ref,
@@ -413,7 +478,7 @@ impl SegmentReader {
         }
         let first = FIRST_READ.min(seg.size - offset);
         let mut buf = vec![0u8; first as usize];
-        seg.file
+        seg.src
             .read_exact_at(&mut buf, offset)
             .map_err(io_err("reading chunk segment", &seg.path))?;
         let (len, n) = match uvarint(&buf) {
@@ -452,7 +517,7 @@ impl SegmentReader {
         if chunk_len > first {
             let have = buf.len();
             buf.resize(chunk_len as usize, 0);
-            seg.file
+            seg.src
                 .read_exact_at(&mut buf[have..], offset + have as u64)
                 .map_err(io_err("reading chunk segment", &seg.path))?;
         } else {
@@ -485,11 +550,12 @@ impl SegmentReader {
     pub fn chunk_refs(&self) -> Result<Vec<u64>, ChunksError> {
         let mut refs = Vec::new();
         for (i, seg) in self.segments.iter().enumerate() {
+            seg.check_header()?;
             let mut offset = SEGMENT_HEADER_SIZE;
             while offset < seg.size {
                 let mut head = [0u8; MAX_LEN_FIELD as usize];
                 let avail = (seg.size - offset).min(MAX_LEN_FIELD) as usize;
-                seg.file
+                seg.src
                     .read_exact_at(&mut head[..avail], offset)
                     .map_err(io_err("reading chunk segment", &seg.path))?;
                 let Some((len, n)) = uvarint(&head[..avail]) else {

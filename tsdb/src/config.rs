@@ -461,14 +461,19 @@ impl TsdbConfig {
     }
 }
 
+/// Smallest `querier.cache_max_bytes`: a few hundred pages, so one query's reads fit.
+pub const MIN_QUERIER_CACHE_BYTES: u64 = 16 << 20;
+
 /// `querier.*`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuerierConfig {
     /// Queries reaching into this window of the past also ask the ingesters (13h).
     pub query_ingesters_within: GoDuration,
-    /// Where blocks read from the bucket are cached.
+    /// Where pages of bucket blocks (and whole cold-compressed blocks) are cached.
     pub cache_dir: PathBuf,
+    /// Most bytes of cached pages in `cache_dir`; least recently used pages are evicted (10 GiB).
+    pub cache_max_bytes: u64,
     /// Most series one query may fetch (0: unlimited).
     pub max_fetched_series_per_query: usize,
     /// Most samples one query may load and produce (50 000 000).
@@ -482,6 +487,7 @@ impl Default for QuerierConfig {
         Self {
             query_ingesters_within: GoDuration::hours(13),
             cache_dir: PathBuf::from("./data/querier"),
+            cache_max_bytes: 10 << 30,
             max_fetched_series_per_query: 0,
             max_samples: 50_000_000,
             timeout: GoDuration::minutes(2),
@@ -641,6 +647,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "compactor.block_ranges must be positive and strictly ascending (e.g. [2h, 12h, 24h])".into(),
             ));
+        }
+        if self.querier.cache_max_bytes < MIN_QUERIER_CACHE_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "querier.cache_max_bytes must be at least {MIN_QUERIER_CACHE_BYTES} (16 MiB), got {}",
+                self.querier.cache_max_bytes
+            )));
         }
         if self.blocks_storage.backend == Backend::S3
             && self.blocks_storage.s3.bucket_name.is_empty()
@@ -881,6 +893,17 @@ mod tests {
         assert_eq!(c.limits.max_label_names_per_series, 30);
         assert_eq!(c.limits.creation_grace_period, GoDuration::minutes(10));
         assert_eq!(c.compression.hot, Compression::Snappy);
+        assert_eq!(c.querier.cache_max_bytes, 10 << 30);
+    }
+
+    #[test]
+    fn querier_cache_max_bytes_is_validated_naming_the_key() {
+        let c = Config::from_yaml("querier: {cache_max_bytes: 1073741824}\n", "t").unwrap();
+        assert_eq!(c.querier.cache_max_bytes, 1 << 30);
+        let err = Config::from_yaml("querier: {cache_max_bytes: 1000}\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("querier.cache_max_bytes"), "{err}");
     }
 
     #[test]

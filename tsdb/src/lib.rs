@@ -2,8 +2,8 @@
 //! write-ahead log, compaction, and object storage. Start at [`block`] for the on-disk block,
 //! [`head`] for appends, [`objstore`] for the bucket layout.
 //!
-//! Layering: `encoding` and `labels` → `chunkenc`, `chunks`, `index` → `block` → `head`, `wal`,
-//! `compact` → `objstore` → the server roles. Lower modules never call upper ones.
+//! Layering: `encoding`, `labels`, `readat` → `chunkenc`, `chunks`, `index` → `block` → `head`,
+//! `wal`, `compact` → `objstore` → the server roles. Lower modules never call upper ones.
 
 pub mod api;
 pub mod block;
@@ -25,6 +25,7 @@ pub mod objstore;
 pub mod openmetrics;
 pub mod promql;
 pub mod querier;
+pub mod readat;
 pub mod ring;
 pub mod series;
 pub mod server;

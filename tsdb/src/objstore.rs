@@ -8,6 +8,7 @@
 
 pub mod filesystem;
 pub mod layout;
+pub mod pagecache;
 pub mod s3;
 
 use std::fmt;

@@ -383,10 +383,18 @@ pub async fn start(
             .await
             .map_err(|e| ServerError::Storage(e.to_string()))?;
         let q = &cfg.querier;
+        let cache = crate::objstore::pagecache::PageCache::open(
+            &q.cache_dir,
+            crate::objstore::pagecache::DEFAULT_PAGE_SIZE,
+            q.cache_max_bytes,
+            Default::default(),
+        )
+        .map_err(|e| ServerError::Storage(e.to_string()))?;
+        metrics.register_with(|r| cache.metrics().register(r));
         let tenants = crate::querier::sources::QuerierTenants::new(
             Some(pool),
             Some(store),
-            q.cache_dir.clone(),
+            Arc::new(cache),
             q.query_ingesters_within.0,
             tokio::runtime::Handle::current(),
         );

@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use super::postings::{intersect, union, without};
@@ -21,15 +21,19 @@ use super::{
 use crate::chunks::ChunkMeta;
 use crate::encoding::{Decbuf, crc32c};
 use crate::labels::{Label, Labels, MatchType, Matcher};
+use crate::readat::{FileReadAt, ReadAt};
 
 /// Symbol tables up to this size are kept in memory.
 const SYMBOLS_IN_MEMORY_MAX: u64 = 4 << 20;
+/// Bytes read at once for a series entry: most entries are shorter, so one read does.
+const SERIES_FIRST_READ: u64 = 512;
 
-/// An open index file.
+/// An open index file, local or in the bucket (see [`ReadAt`]).
 #[derive(Debug)]
 pub struct IndexReader {
+    /// Names the file in errors: a local path, or `<bucket>/<key>` for a bucket object.
     path: PathBuf,
-    file: File,
+    src: Box<dyn ReadAt>,
     size: u64,
     toc: Toc,
     /// End of the series section: series references must point below it.
@@ -78,13 +82,25 @@ impl IndexReader {
 
     pub(super) fn open_with(path: &Path, symbols_in_memory_max: u64) -> Result<Self, IndexError> {
         let file = File::open(path).map_err(|e| IndexError::io("open", path, e))?;
-        let size = file
-            .metadata()
-            .map_err(|e| IndexError::io("stat", path, e))?
-            .len();
+        let src = FileReadAt::new(file).map_err(|e| IndexError::io("stat", path, e))?;
+        Self::open_source_with(path, Box::new(src), symbols_in_memory_max)
+    }
+
+    /// Opens an index read from `src`; `name` stands for it in errors (a path, or the bucket
+    /// location and key). Reads what [`IndexReader::open`] reads, nothing more.
+    pub fn open_source(name: &Path, src: Box<dyn ReadAt>) -> Result<Self, IndexError> {
+        Self::open_source_with(name, src, SYMBOLS_IN_MEMORY_MAX)
+    }
+
+    fn open_source_with(
+        path: &Path,
+        src: Box<dyn ReadAt>,
+        symbols_in_memory_max: u64,
+    ) -> Result<Self, IndexError> {
+        let size = src.size();
         let mut r = IndexReader {
             path: path.to_path_buf(),
-            file,
+            src,
             size,
             toc: Toc::default(),
             series_end: 0,
@@ -184,6 +200,21 @@ impl IndexReader {
             }
         }
         Ok((Labels::from_sorted(labels), chunks))
+    }
+
+    /// Hints that the series `refs` will be read: a bucket-backed index fetches their entries
+    /// together (a local file ignores it). Asks for the bytes the first read of each entry
+    /// takes.
+    pub fn prefetch_series(&self, refs: &[u64]) {
+        let ranges: Vec<Range<u64>> = refs
+            .iter()
+            .filter_map(|r| r.checked_mul(SERIES_ALIGN))
+            .filter(|&o| o >= self.toc.series && o < self.series_end)
+            .map(|o| o..(o + SERIES_FIRST_READ).min(self.size))
+            .collect();
+        if !ranges.is_empty() {
+            self.src.prefetch(&ranges);
+        }
     }
 
     /// Sorted references of the series with label `name="value"`; empty if there are none.
@@ -619,9 +650,11 @@ impl IndexReader {
         at: u64,
         section: &'static str,
     ) -> Result<(Vec<u8>, u64), IndexError> {
-        // Most entries are shorter than this: read them with one call.
-        const SPECULATIVE: u64 = 512;
-        let head = self.read(at, SPECULATIVE.min(self.size.saturating_sub(at)), section)?;
+        let head = self.read(
+            at,
+            SERIES_FIRST_READ.min(self.size.saturating_sub(at)),
+            section,
+        )?;
         let mut d = Decbuf::with_base(&head, at as usize);
         let len = d
             .uvarint()
@@ -685,7 +718,7 @@ impl IndexReader {
             return Err(self.truncated(what, at, len));
         }
         let mut buf = vec![0u8; len as usize];
-        self.file
+        self.src
             .read_exact_at(&mut buf, at)
             .map_err(|e| IndexError::io("read", &self.path, e))?;
         Ok(buf)
