@@ -399,6 +399,97 @@ fn plan_precompute<'e>(e: &'e Expr, in_call: bool, out: &mut Vec<Precompute<'e>>
     }
 }
 
+/// Most threads one precomputed node is split over.
+const MAX_PRECOMPUTE_THREADS: usize = 4;
+/// Fewest series worth a thread of their own.
+const MIN_SERIES_PER_THREAD: usize = 128;
+
+/// A fetched series as precomputation reads it: samples, labels, labels without the name.
+type SeriesRef<'a> = (&'a [(i64, f64)], &'a Metric, &'a Metric);
+
+/// What [`Evaluator::precompute`] computes for one node, shareable between threads.
+struct PrecomputeJob<'a> {
+    /// Reference time (the window's end) at each step.
+    ends: &'a [i64],
+    /// For a window function: its name and range (ms); `None` for a plain selector.
+    window: Option<(&'a str, i64)>,
+    lookback: i64,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl PrecomputeJob<'_> {
+    /// The per-step vectors of `series`, in their order.
+    fn run(&self, series: &[SeriesRef<'_>]) -> Result<Vec<Vec<Elem>>, QueryError> {
+        let mut per_step: Vec<Vec<Elem>> = (0..self.ends.len()).map(|_| Vec::new()).collect();
+        // For rate and increase: counter resets among samples 1..=i, so windows without one
+        // skip the correction loop.
+        let counts_resets = self
+            .window
+            .is_some_and(|(name, _)| matches!(name, "rate" | "increase"));
+        let mut resets: Vec<u32> = Vec::new();
+        for (n, &(samples, metric, nameless)) in series.iter().enumerate() {
+            if n % 256 == 0 && Instant::now() > self.deadline {
+                return Err(QueryError::Timeout {
+                    limit_ms: self.timeout.as_millis() as u64,
+                });
+            }
+            resets.clear();
+            if counts_resets {
+                let mut drops = 0u32;
+                resets.extend(samples.iter().enumerate().map(|(i, &(_, v))| {
+                    if i > 0 && v < samples[i - 1].1 {
+                        drops += 1;
+                    }
+                    drops
+                }));
+            }
+            let (mut lo, mut hi) = (0, 0);
+            for (out, &end) in per_step.iter_mut().zip(self.ends) {
+                while hi < samples.len() && samples[hi].0 <= end {
+                    hi += 1;
+                }
+                match self.window {
+                    None => {
+                        if hi > 0 {
+                            let (st, v) = samples[hi - 1];
+                            if st >= end - self.lookback && !is_stale_nan(v) {
+                                out.push(Elem {
+                                    metric: metric.clone(),
+                                    v,
+                                });
+                            }
+                        }
+                    }
+                    Some((name, range_ms)) => {
+                        let start = end.saturating_sub(range_ms);
+                        while lo < hi && samples[lo].0 < start {
+                            lo += 1;
+                        }
+                        if lo < hi {
+                            let w = functions::Window {
+                                start,
+                                end,
+                                range_ms,
+                            };
+                            let no_resets = counts_resets.then(|| resets[hi - 1] == resets[lo]);
+                            if let Some(v) =
+                                functions::window_value(name, &w, &samples[lo..hi], no_resets)
+                            {
+                                out.push(Elem {
+                                    metric: nameless.clone(),
+                                    v,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(per_step)
+    }
+}
+
 /// Hashes pointers (already unique) with one multiplication instead of SipHash.
 #[derive(Default, Clone, Copy)]
 pub(super) struct PtrHasher(u64);
@@ -851,72 +942,58 @@ impl Evaluator {
             if window.is_some() && fetched.multi_name {
                 continue;
             }
-            let mut per_step: Vec<Vec<Elem>> = (0..steps).map(|_| Vec::new()).collect();
-            let mut resets: Vec<u32> = Vec::new();
-            for (n, s) in fetched.series.iter().enumerate() {
-                if n % 256 == 0 {
-                    self.check_deadline()?;
-                }
-                let samples = &s.samples;
-                let (mut lo, mut hi) = (0, 0);
-                // For rate and increase: counter resets among samples 1..=i, so windows
-                // without one skip the correction loop.
-                let counts_resets =
-                    window.is_some_and(|(c, _)| matches!(c.func.name, "rate" | "increase"));
-                resets.clear();
-                if counts_resets {
-                    let mut n = 0u32;
-                    resets.extend(samples.iter().enumerate().map(|(i, &(_, v))| {
-                        if i > 0 && v < samples[i - 1].1 {
-                            n += 1;
-                        }
-                        n
-                    }));
-                }
-                for (i, out) in per_step.iter_mut().enumerate() {
-                    let t = self.start + i as i64 * self.step;
-                    let end = self.ref_time(&vs.at, &vs.offset, t);
-                    while hi < samples.len() && samples[hi].0 <= end {
-                        hi += 1;
-                    }
-                    match window {
-                        None => {
-                            if hi > 0 {
-                                let (st, v) = samples[hi - 1];
-                                if st >= end - self.lookback && !is_stale_nan(v) {
-                                    out.push(Elem {
-                                        metric: s.metric.clone(),
-                                        v,
-                                    });
-                                }
-                            }
-                        }
-                        Some((c, ms)) => {
-                            let range_ms = dur_ms(&ms.range);
-                            let start = end.saturating_sub(range_ms);
-                            while lo < hi && samples[lo].0 < start {
-                                lo += 1;
-                            }
-                            if lo < hi {
-                                let w = functions::Window {
-                                    start,
-                                    end,
-                                    range_ms,
-                                };
-                                let no_resets = counts_resets.then(|| resets[hi - 1] == resets[lo]);
-                                if let Some(v) = functions::window_value(
-                                    c.func.name,
-                                    &w,
-                                    &samples[lo..hi],
-                                    no_resets,
-                                ) {
-                                    out.push(Elem {
-                                        metric: s.nameless.clone(),
-                                        v,
-                                    });
-                                }
-                            }
-                        }
+            // Reference time of every step, and the window function's name and range.
+            let ends: Vec<i64> = (0..steps)
+                .map(|i| self.ref_time(&vs.at, &vs.offset, self.start + i as i64 * self.step))
+                .collect();
+            let job = PrecomputeJob {
+                ends: &ends,
+                window: window.map(|(c, ms)| (c.func.name, dur_ms(&ms.range))),
+                lookback: self.lookback,
+                deadline: self.deadline,
+                timeout: self.timeout,
+            };
+            let items: Vec<SeriesRef<'_>> = fetched
+                .series
+                .iter()
+                .map(|s| (s.samples.as_slice(), &s.metric, &s.nameless))
+                .collect();
+            // Series are independent: large selections are split over the cores, each part
+            // keeping the series order, and the parts' vectors joined in order.
+            let threads = std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_PRECOMPUTE_THREADS)
+                .min(items.len() / MIN_SERIES_PER_THREAD)
+                .max(1);
+            let parts: Vec<Result<Vec<Vec<Elem>>, QueryError>> = if threads == 1 {
+                vec![job.run(&items)]
+            } else {
+                let per = items.len().div_ceil(threads);
+                std::thread::scope(|sc| {
+                    let handles: Vec<_> = items
+                        .chunks(per)
+                        .map(|part| sc.spawn(|| job.run(part)))
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(QueryError::Execution(
+                                    "precomputing a selector's steps failed".into(),
+                                ))
+                            })
+                        })
+                        .collect()
+                })
+            };
+            let mut per_step: Vec<Vec<Elem>> = Vec::new();
+            for part in parts {
+                let part = part?;
+                if per_step.is_empty() {
+                    per_step = part;
+                } else {
+                    for (all, mut p) in per_step.iter_mut().zip(part) {
+                        all.append(&mut p);
                     }
                 }
             }
