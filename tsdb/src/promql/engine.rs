@@ -1256,6 +1256,76 @@ mod tests {
     }
 
     #[test]
+    fn series_major_range_evaluation_equals_instant_queries_at_each_step() {
+        // Enough series to be split over threads; resets, gaps, stale markers and NaN.
+        let stale = f64::from_bits(super::super::STALE_NAN_BITS);
+        let data: Vec<Series> = (0..700)
+            .map(|i| {
+                let job = format!("j{}", i % 7);
+                let inst = format!("i{i}");
+                let samples = (0..120)
+                    .filter(|k| (k + i) % 37 != 0)
+                    .map(|k| {
+                        let v = match (k * 7 + i) % 53 {
+                            0 => stale,
+                            1 => f64::NAN,
+                            _ => ((k * (i % 5 + 1)) % 90) as f64 + (i % 3) as f64 * 0.5,
+                        };
+                        (k * 15_000 + (i % 4) * 1000, v)
+                    })
+                    .collect();
+                Series {
+                    labels: Labels::from_pairs([
+                        ("__name__", "m"),
+                        ("job", job.as_str()),
+                        ("instance", inst.as_str()),
+                    ]),
+                    samples,
+                }
+            })
+            .collect();
+        let src = MemQueryable::new(data);
+        let e = Engine::default();
+        for q in [
+            "m",
+            "sum by (job) (rate(m[2m]))",
+            "avg without (instance) (increase(m[90s] offset 1m))",
+            "topk(3, avg_over_time(m[3m]))",
+            "max by (job) (m) - min by (job) (deriv(m[5m]))",
+            "count by (job) (changes(m[4m]) > 1)",
+            "sum(stddev_over_time(m[2m] @ 600))",
+        ] {
+            let Value::Matrix(range) = e.range(&src, q, 300_000, 1_500_000, 60_000).unwrap() else {
+                panic!("{q}: not a matrix")
+            };
+            let mut from_steps: Vec<(String, i64, u64)> = Vec::new();
+            let mut t = 300_000;
+            while t <= 1_500_000 {
+                if let Value::Vector(v) = e.instant(&src, q, t).unwrap() {
+                    from_steps.extend(
+                        v.into_iter()
+                            .map(|s| (s.labels.to_string(), t, s.v.to_bits())),
+                    );
+                }
+                t += 60_000;
+            }
+            let mut from_range: Vec<(String, i64, u64)> = range
+                .into_iter()
+                .flat_map(|s| {
+                    let l = s.labels.to_string();
+                    s.samples
+                        .into_iter()
+                        .map(move |(t, v)| (l.clone(), t, v.to_bits()))
+                })
+                .collect();
+            from_steps.sort();
+            from_range.sort();
+            assert!(!from_range.is_empty(), "{q}: empty result");
+            assert_eq!(from_range, from_steps, "{q}");
+        }
+    }
+
+    #[test]
     fn lookback_stops_at_stale_marker_and_after_five_minutes() {
         let q = source();
         let e = Engine::default();
