@@ -72,14 +72,7 @@ pub struct ProtoError {
     pub what: &'static str,
 }
 
-/// A label borrowed from the request body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct LabelRef<'a> {
-    /// Name.
-    pub name: &'a str,
-    /// Value.
-    pub value: &'a str,
-}
+pub use crate::labels::LabelRef;
 
 /// A decoded request: every series' labels and samples in two flat arrays, so decoding costs
 /// no allocation per label or per series beyond amortised vector growth.
