@@ -702,12 +702,13 @@ fn valid_label_name(n: &str) -> bool {
         && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
-fn char_len(s: &str, limit: usize) -> usize {
+/// The length of `s` in characters when it exceeds `limit` characters (counted only when
+/// its bytes do: a string of at most `limit` bytes cannot have more characters).
+fn chars_beyond(s: &str, limit: usize) -> Option<usize> {
     if s.len() <= limit {
-        s.len().min(s.chars().count())
-    } else {
-        s.chars().count()
+        return None;
     }
+    Some(s.chars().count()).filter(|&n| n > limit)
 }
 
 /// Validates one series. On success returns it (labels without empty values, samples without
@@ -768,8 +769,7 @@ fn validate_series<'r, 'a>(
                 ),
             ));
         }
-        let n = char_len(l.name, limits.max_label_name_length);
-        if n > limits.max_label_name_length {
+        if let Some(n) = chars_beyond(l.name, limits.max_label_name_length) {
             return Err(bad(
                 "label_name_too_long",
                 format!(
@@ -780,8 +780,7 @@ fn validate_series<'r, 'a>(
                 ),
             ));
         }
-        let n = char_len(l.value, limits.max_label_value_length);
-        if n > limits.max_label_value_length {
+        if let Some(n) = chars_beyond(l.value, limits.max_label_value_length) {
             return Err(bad(
                 "label_value_too_long",
                 format!(

@@ -217,7 +217,15 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     fn varint(&mut self, what: &'static str) -> Result<u64, ProtoError> {
+        // Keys and lengths are nearly always one byte.
+        if let Some(&b) = self.b.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
         let (v, n) = uvarint(&self.b[self.pos..]).ok_or_else(|| self.err(what))?;
         self.pos += n;
         Ok(v)
