@@ -481,12 +481,29 @@ impl Head {
                 Vec::with_capacity(batch.iter().map(|b| b.1.len()).sum());
             {
                 let data = read(&self.data);
+                // Most series exist. Their lookups are cache misses (label hash → reference →
+                // series → packed labels); done as passes of independent iterations over the
+                // batch, the processor overlaps the misses instead of waiting on each in turn.
+                let hashes: Vec<u64> = batch.iter().map(|(l, _)| hash_refs(l)).collect();
+                let firsts: Vec<Option<u64>> = hashes
+                    .iter()
+                    .map(|h| data.by_hash.get(h).copied())
+                    .collect();
+                let found: Vec<Option<(u64, &MemSeries)>> = firsts
+                    .iter()
+                    .map(|r| r.and_then(|r| data.series.get(&r).map(|s| (r, s))))
+                    .collect();
+                let found: Vec<Option<(u64, &MemSeries)>> = found
+                    .into_iter()
+                    .zip(batch)
+                    .map(|(f, (labels, _))| f.filter(|(_, s)| s.labels.equals(labels)))
+                    .collect();
                 for (index, &(labels, batch_samples)) in batch.iter().enumerate() {
                     if batch_samples.is_empty() {
                         continue;
                     }
-                    let hash = hash_refs(labels);
-                    let (r, existing) = match data.lookup(labels, hash) {
+                    let hash = hashes[index];
+                    let (r, existing) = match found[index].or_else(|| data.lookup(labels, hash)) {
                         Some((r, s)) => (r, Some(s)),
                         None => {
                             let known = new_by_hash.get(&hash).and_then(|ix| {
