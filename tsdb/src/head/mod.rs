@@ -20,7 +20,7 @@ use thiserror::Error;
 use crate::labels::{DisplayRefs, LabelRef, Labels, Matcher};
 use crate::series::{Sample, Series};
 use crate::wal::{Corruption, Record, RefSample, RefSeries, Wal, WalError, WalOptions};
-use labelkey::{LabelKey, hash_refs};
+use labelkey::{LabelKey, hash_packed, pack};
 use memseries::{MemSeries, Stored};
 use postings::Postings;
 
@@ -209,9 +209,9 @@ struct HeadData {
 }
 
 impl HeadData {
-    /// The series with exactly these labels, found by their [`hash_refs`] hash.
-    fn lookup(&self, labels: &[LabelRef<'_>], hash: u64) -> Option<(u64, &MemSeries)> {
-        self.lookup_by(hash, |k| k.equals(labels))
+    /// The series with exactly these labels (packed, see [`pack`]), found by their hash.
+    fn lookup(&self, packed: &[u8], hash: u64) -> Option<(u64, &MemSeries)> {
+        self.lookup_by(hash, |k| k.is(packed))
     }
 
     fn lookup_by(&self, hash: u64, eq: impl Fn(&LabelKey) -> bool) -> Option<(u64, &MemSeries)> {
@@ -484,7 +484,17 @@ impl Head {
                 // Most series exist. Their lookups are cache misses (label hash → reference →
                 // series → packed labels); done as passes of independent iterations over the
                 // batch, the processor overlaps the misses instead of waiting on each in turn.
-                let hashes: Vec<u64> = batch.iter().map(|(l, _)| hash_refs(l)).collect();
+                let mut packed: Vec<u8> = Vec::with_capacity(batch.len() * 112);
+                let mut ends: Vec<usize> = Vec::with_capacity(batch.len());
+                for (l, _) in batch {
+                    pack(l, &mut packed);
+                    ends.push(packed.len());
+                }
+                let key = |i: usize| {
+                    let start = if i == 0 { 0 } else { ends[i - 1] };
+                    &packed[start..ends[i]]
+                };
+                let hashes: Vec<u64> = (0..batch.len()).map(|i| hash_packed(key(i))).collect();
                 let firsts: Vec<Option<u64>> = hashes
                     .iter()
                     .map(|h| data.by_hash.get(h).copied())
@@ -495,15 +505,16 @@ impl Head {
                     .collect();
                 let found: Vec<Option<(u64, &MemSeries)>> = found
                     .into_iter()
-                    .zip(batch)
-                    .map(|(f, (labels, _))| f.filter(|(_, s)| s.labels.equals(labels)))
+                    .enumerate()
+                    .map(|(i, f)| f.filter(|(_, s)| s.labels.is(key(i))))
                     .collect();
                 for (index, &(labels, batch_samples)) in batch.iter().enumerate() {
                     if batch_samples.is_empty() {
                         continue;
                     }
                     let hash = hashes[index];
-                    let (r, existing) = match found[index].or_else(|| data.lookup(labels, hash)) {
+                    let (r, existing) = match found[index].or_else(|| data.lookup(key(index), hash))
+                    {
                         Some((r, s)) => (r, Some(s)),
                         None => {
                             let known = new_by_hash.get(&hash).and_then(|ix| {

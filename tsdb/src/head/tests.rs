@@ -300,7 +300,11 @@ fn series_with_colliding_label_hashes_stay_apart() {
     assert!(ins(&mut d, 3, &c));
     assert!(!ins(&mut d, 4, &b), "same labels: alias");
     assert_eq!(d.aliases.get(&4), Some(&2));
-    let find = |d: &HeadData, x: &Labels| d.lookup(&x.refs(), 7).map(|(r, _)| r);
+    let find = |d: &HeadData, x: &Labels| {
+        let mut packed = Vec::new();
+        labelkey::pack(&x.refs(), &mut packed);
+        d.lookup(&packed, 7).map(|(r, _)| r)
+    };
     assert_eq!(
         (find(&d, &a), find(&d, &b), find(&d, &c)),
         (Some(1), Some(2), Some(3))
