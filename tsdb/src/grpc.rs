@@ -657,6 +657,41 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn series_batch_round_trips_and_default_push_local_encodes_it() {
+        let a = [
+            LabelRef {
+                name: "__name__",
+                value: "up",
+            },
+            LabelRef {
+                name: "zöne",
+                value: "ünïcode",
+            },
+        ];
+        let b = [LabelRef {
+            name: "__name__",
+            value: "x",
+        }];
+        let mut batch = SeriesBatch::with_capacity(2);
+        batch.push(&a, &[(1, 1.0), (2, 2.0)]);
+        batch.push(&b, &[(3, -0.5)]);
+        assert_eq!((batch.len(), batch.num_samples()), (2, 3));
+        let labels = batch.label_refs();
+        let series = batch.series(&labels);
+        assert_eq!(series[0], (&a[..], &[(1, 1.0), (2, 2.0)][..]));
+        assert_eq!(series[1], (&b[..], &[(3, -0.5)][..]));
+        // A service without its own push_local gets the same series as a Push.
+        let fake = Fake::default();
+        let r = fake.push_local("t".into(), batch.clone(), 7).await.unwrap();
+        assert_eq!(r.samples_appended, 3);
+        let pushed = fake.pushes.lock().unwrap()[0].clone();
+        assert_eq!((pushed.tenant.as_str(), pushed.max_series), ("t", 7));
+        let w = crate::api::remote_write::WriteRequestRef::decode(&pushed.payload).unwrap();
+        let got: Vec<_> = w.iter().collect();
+        assert_eq!(got, series);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn client_and_server_talk_over_loopback() {
         let fake = Arc::new(Fake::default());
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
