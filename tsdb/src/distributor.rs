@@ -17,7 +17,9 @@ use tokio::task::JoinSet;
 
 use crate::api::remote_write::{LabelRef, WriteRequestRef, encode_series};
 use crate::config::{Compression, Config, Limits, TenantLimits};
-use crate::grpc::{IngesterClient, IngesterService, PushRequest, compress, compression_code};
+use crate::grpc::{
+    IngesterClient, IngesterService, PushRequest, SeriesBatch, compress, compression_code,
+};
 use crate::labels::{METRIC_NAME, write_go_quoted};
 use crate::metrics::Metrics;
 use crate::ring::{Instance, Ring, shard_token};
@@ -413,13 +415,14 @@ impl Distributor {
         }
         let rf = ring.replication_factor();
         let quorum = ring.quorum();
-        let mut payloads: Vec<Vec<u8>> = vec![Vec::new(); instances.len()];
+        // Each instance's share: the indices of its series in `valid`.
+        let mut shares: Vec<Vec<u32>> = vec![Vec::new(); instances.len()];
         let mut replicas_of: Vec<usize> = Vec::with_capacity(valid.len() * rf);
         let mut replicas = Vec::with_capacity(rf);
-        for v in valid {
+        for (k, v) in valid.iter().enumerate() {
             ring.replicas(shard_token(tenant, &v.labels), &mut replicas);
             for &i in &replicas {
-                encode_series(&mut payloads[i], &v.labels, &v.samples);
+                shares[i].push(k as u32);
             }
             replicas_of.extend_from_slice(&replicas);
         }
@@ -428,40 +431,72 @@ impl Distributor {
         } else {
             (limits.max_global_series_per_user * rf as u64).div_ceil(instances.len() as u64)
         };
-        let mut tasks = JoinSet::new();
-        for (i, payload) in payloads.into_iter().enumerate() {
-            if payload.is_empty() {
+        // Instances with the same share (all of them when RF equals the number of ingesters)
+        // get one encoding, compressed once and shared.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (i, share) in shares.iter().enumerate() {
+            if share.is_empty() {
                 continue;
             }
-            let inst = &instances[i];
-            let client = match self.pool.client(&inst.addr) {
-                Ok(c) => c,
-                Err(e) => {
-                    let e = format!("{}: {}", inst.id, e.message());
-                    tasks.spawn(async move { (i, Err(tonic::Status::unavailable(e)), 0.0) });
+            match groups.iter_mut().find(|g| shares[g[0]] == *share) {
+                Some(g) => g.push(i),
+                None => groups.push(vec![i]),
+            }
+        }
+        let mut tasks = JoinSet::new();
+        for group in groups {
+            let share = &shares[group[0]];
+            let mut payload: Option<bytes::Bytes> = None;
+            for i in group {
+                let inst = &instances[i];
+                let client = match self.pool.client(&inst.addr) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let e = format!("{}: {}", inst.id, e.message());
+                        tasks.spawn(async move { (i, Err(tonic::Status::unavailable(e)), 0.0) });
+                        continue;
+                    }
+                };
+                let tenant = tenant.to_string();
+                if inst.addr.starts_with("local:") {
+                    // In-process ingester: hand the series over, no encoding or compression.
+                    let mut batch = SeriesBatch::with_capacity(share.len());
+                    for &k in share {
+                        let v = &valid[k as usize];
+                        batch.push(&v.labels, &v.samples);
+                    }
+                    tasks.spawn(async move {
+                        let t = Instant::now();
+                        let r = client.push_local(tenant, batch, max_series).await;
+                        (i, r, t.elapsed().as_secs_f64())
+                    });
                     continue;
                 }
-            };
-            let hot = if inst.addr.starts_with("local:") {
-                Compression::None
-            } else {
-                self.hot
-            };
-            let req = PushRequest {
-                tenant: tenant.to_string(),
-                compression: compression_code(hot),
-                payload: if hot == Compression::None {
-                    payload
-                } else {
-                    compress(hot, &payload)
-                },
-                max_series,
-            };
-            tasks.spawn(async move {
-                let t = Instant::now();
-                let r = client.push(req).await;
-                (i, r, t.elapsed().as_secs_f64())
-            });
+                let payload = payload
+                    .get_or_insert_with(|| {
+                        let mut raw = Vec::with_capacity(share.len() * 128);
+                        for &k in share {
+                            let v = &valid[k as usize];
+                            encode_series(&mut raw, &v.labels, &v.samples);
+                        }
+                        match self.hot {
+                            Compression::None => raw.into(),
+                            hot => compress(hot, &raw).into(),
+                        }
+                    })
+                    .clone();
+                let req = PushRequest {
+                    tenant,
+                    compression: compression_code(self.hot),
+                    payload,
+                    max_series,
+                };
+                tasks.spawn(async move {
+                    let t = Instant::now();
+                    let r = client.push(req).await;
+                    (i, r, t.elapsed().as_secs_f64())
+                });
+            }
         }
         let mut ok = vec![false; instances.len()];
         let mut first_failure: Option<String> = None;
@@ -667,12 +702,13 @@ fn valid_label_name(n: &str) -> bool {
         && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
-fn char_len(s: &str, limit: usize) -> usize {
+/// The length of `s` in characters when it exceeds `limit` characters (counted only when
+/// its bytes do: a string of at most `limit` bytes cannot have more characters).
+fn chars_beyond(s: &str, limit: usize) -> Option<usize> {
     if s.len() <= limit {
-        s.len().min(s.chars().count())
-    } else {
-        s.chars().count()
+        return None;
     }
+    Some(s.chars().count()).filter(|&n| n > limit)
 }
 
 /// Validates one series. On success returns it (labels without empty values, samples without
@@ -733,8 +769,7 @@ fn validate_series<'r, 'a>(
                 ),
             ));
         }
-        let n = char_len(l.name, limits.max_label_name_length);
-        if n > limits.max_label_name_length {
+        if let Some(n) = chars_beyond(l.name, limits.max_label_name_length) {
             return Err(bad(
                 "label_name_too_long",
                 format!(
@@ -745,8 +780,7 @@ fn validate_series<'r, 'a>(
                 ),
             ));
         }
-        let n = char_len(l.value, limits.max_label_value_length);
-        if n > limits.max_label_value_length {
+        if let Some(n) = chars_beyond(l.value, limits.max_label_value_length) {
             return Err(bad(
                 "label_value_too_long",
                 format!(
@@ -838,6 +872,7 @@ mod tests {
         down: AtomicBool,
         slow: AtomicBool,
         got: Mutex<Pushes>,
+        payloads: Mutex<Vec<bytes::Bytes>>,
     }
 
     #[tonic::async_trait]
@@ -849,6 +884,7 @@ mod tests {
             if self.slow.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_secs(30)).await;
             }
+            self.payloads.lock().unwrap().push(req.payload.clone());
             let raw = decompress(req.compression, &req.payload, 1 << 24)?;
             let w = WriteRequestRef::decode(&raw)
                 .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
@@ -941,6 +977,37 @@ mod tests {
 
     fn now() -> i64 {
         now_millis()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn replicas_with_the_same_series_share_one_compressed_payload() {
+        let mut cfg = Config::default();
+        cfg.ingester.ring.replication_factor = 3;
+        let (d, fakes) = setup(&cfg, 3);
+        let t = now();
+        let series: Vec<TimeSeries> = (0..50)
+            .map(|i| {
+                ts(
+                    &[("__name__", "up"), ("job", &format!("j{i}"))],
+                    &[(t, 1.0)],
+                )
+            })
+            .collect();
+        let r = d
+            .push(None, None, &snappy(&WriteRequest { timeseries: series }))
+            .await;
+        assert_eq!(r, PushResult::ok());
+        let payloads: Vec<bytes::Bytes> = fakes
+            .iter()
+            .map(|f| f.payloads.lock().unwrap()[0].clone())
+            .collect();
+        assert!(
+            payloads
+                .iter()
+                .all(|p| p.as_ptr() == payloads[0].as_ptr() && p.len() == payloads[0].len()),
+            "every replica got the same buffer, encoded and compressed once"
+        );
+        assert!(fakes.iter().all(|f| f.samples() == 50));
     }
 
     #[tokio::test(flavor = "current_thread")]

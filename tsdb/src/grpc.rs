@@ -17,6 +17,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::config::Compression;
+use crate::head::SeriesSamples;
+use crate::labels::LabelRef;
 use crate::series::Series;
 
 /// gRPC service name.
@@ -31,9 +33,10 @@ pub struct PushRequest {
     /// How `payload` is compressed: 0 none, 1 snappy, 2 gzip.
     #[prost(int32, tag = "2")]
     pub compression: i32,
-    /// A remote-write `WriteRequest`, labels sorted and validated by the distributor.
-    #[prost(bytes = "vec", tag = "3")]
-    pub payload: Vec<u8>,
+    /// A remote-write `WriteRequest`, labels sorted and validated by the distributor. Shared,
+    /// not copied, when several ingesters get the same series.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub payload: bytes::Bytes,
     /// This ingester's share of the tenant's active-series limit (0: unlimited).
     #[prost(uint64, tag = "4")]
     pub max_series: u64,
@@ -149,11 +152,121 @@ pub struct InfoResponse {
     pub ready: bool,
 }
 
+/// Series handed to an in-process ingester (`--target=all`): the validated series of a push
+/// with their label strings copied into one buffer, so nothing is encoded, compressed or parsed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SeriesBatch {
+    text: String,
+    /// Per label: end of its name and of its value in `text` (each starts where the previous
+    /// string ended).
+    labels: Vec<(u32, u32)>,
+    samples: Vec<crate::series::Sample>,
+    /// Per series: end of its labels in `labels` and of its samples in `samples`.
+    series: Vec<(u32, u32)>,
+}
+
+impl SeriesBatch {
+    /// An empty batch with room for `series` series.
+    pub fn with_capacity(series: usize) -> Self {
+        Self {
+            text: String::with_capacity(series * 96),
+            labels: Vec::with_capacity(series * 6),
+            samples: Vec::with_capacity(series),
+            series: Vec::with_capacity(series),
+        }
+    }
+
+    /// Appends a series (labels sorted by name, names unique).
+    pub fn push(&mut self, labels: &[LabelRef<'_>], samples: &[crate::series::Sample]) {
+        for l in labels {
+            self.text.push_str(l.name);
+            let name_end = self.text.len() as u32;
+            self.text.push_str(l.value);
+            self.labels.push((name_end, self.text.len() as u32));
+        }
+        self.samples.extend_from_slice(samples);
+        self.series
+            .push((self.labels.len() as u32, self.samples.len() as u32));
+    }
+
+    /// Number of series.
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    /// Whether there is no series.
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
+    /// Total number of samples.
+    pub fn num_samples(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Every label of every series, borrowed, in order.
+    pub fn label_refs(&self) -> Vec<LabelRef<'_>> {
+        let mut start = 0usize;
+        self.labels
+            .iter()
+            .map(|&(name_end, value_end)| {
+                let (n, v) = (name_end as usize, value_end as usize);
+                // Ends were taken from `text` after whole strings were pushed: always in
+                // bounds and on character boundaries.
+                let l = LabelRef {
+                    name: self.text.get(start..n).unwrap_or_default(),
+                    value: self.text.get(n..v).unwrap_or_default(),
+                };
+                start = v;
+                l
+            })
+            .collect()
+    }
+
+    /// The series over `labels` (the result of [`SeriesBatch::label_refs`]).
+    pub fn series<'a>(&'a self, labels: &'a [LabelRef<'a>]) -> Vec<SeriesSamples<'a>> {
+        let (mut l0, mut s0) = (0usize, 0usize);
+        self.series
+            .iter()
+            .map(|&(l1, s1)| {
+                let (l1, s1) = (l1 as usize, s1 as usize);
+                let out = (
+                    labels.get(l0..l1).unwrap_or_default(),
+                    self.samples.get(s0..s1).unwrap_or_default(),
+                );
+                (l0, s0) = (l1, s1);
+                out
+            })
+            .collect()
+    }
+}
+
 /// What an ingester does, whether called in-process or over gRPC.
 #[tonic::async_trait]
 pub trait IngesterService: Send + Sync + 'static {
     /// Stores a tenant's series.
     async fn push(&self, req: PushRequest) -> Result<PushResponse, Status>;
+    /// Stores a tenant's series handed over in-process: what [`IngesterService::push`] stores
+    /// for the same series, without encoding. The default encodes them into a [`PushRequest`].
+    async fn push_local(
+        &self,
+        tenant: String,
+        batch: SeriesBatch,
+        max_series: u64,
+    ) -> Result<PushResponse, Status> {
+        let labels = batch.label_refs();
+        let mut payload = Vec::new();
+        for (l, s) in batch.series(&labels) {
+            crate::api::remote_write::encode_series(&mut payload, l, s);
+        }
+        self.push(PushRequest {
+            tenant,
+            compression: 0,
+            payload: payload.into(),
+            max_series,
+        })
+        .await
+    }
     /// Streams matching series in batches.
     async fn query_stream(&self, req: QueryRequest) -> Result<Vec<QueryStreamResponse>, Status>;
     /// Label names of matching series.
@@ -551,6 +664,41 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn series_batch_round_trips_and_default_push_local_encodes_it() {
+        let a = [
+            LabelRef {
+                name: "__name__",
+                value: "up",
+            },
+            LabelRef {
+                name: "zöne",
+                value: "ünïcode",
+            },
+        ];
+        let b = [LabelRef {
+            name: "__name__",
+            value: "x",
+        }];
+        let mut batch = SeriesBatch::with_capacity(2);
+        batch.push(&a, &[(1, 1.0), (2, 2.0)]);
+        batch.push(&b, &[(3, -0.5)]);
+        assert_eq!((batch.len(), batch.num_samples()), (2, 3));
+        let labels = batch.label_refs();
+        let series = batch.series(&labels);
+        assert_eq!(series[0], (&a[..], &[(1, 1.0), (2, 2.0)][..]));
+        assert_eq!(series[1], (&b[..], &[(3, -0.5)][..]));
+        // A service without its own push_local gets the same series as a Push.
+        let fake = Fake::default();
+        let r = fake.push_local("t".into(), batch.clone(), 7).await.unwrap();
+        assert_eq!(r.samples_appended, 3);
+        let pushed = fake.pushes.lock().unwrap()[0].clone();
+        assert_eq!((pushed.tenant.as_str(), pushed.max_series), ("t", 7));
+        let w = crate::api::remote_write::WriteRequestRef::decode(&pushed.payload).unwrap();
+        let got: Vec<_> = w.iter().collect();
+        assert_eq!(got, series);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn client_and_server_talk_over_loopback() {
         let fake = Arc::new(Fake::default());
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -576,7 +724,7 @@ mod tests {
                 .push(PushRequest {
                     tenant: "t1".into(),
                     compression: compression_code(c),
-                    payload: compress(c, &payload),
+                    payload: compress(c, &payload).into(),
                     max_series: 0,
                 })
                 .await
@@ -605,7 +753,7 @@ mod tests {
         let err = client
             .push(PushRequest {
                 compression: 1,
-                payload: b"garbage".to_vec(),
+                payload: bytes::Bytes::from_static(b"garbage"),
                 ..Default::default()
             })
             .await

@@ -6,7 +6,7 @@
 //! The storage engine is reached through [`Tsdb`] and [`Shipper`], so this module owns only the
 //! tenant bookkeeping, limits and the block lifecycle.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,20 +17,32 @@ use crate::api::remote_write::{Label as PbLabel, PbSample, WriteRequestRef};
 use crate::config::Config;
 use crate::grpc::{
     InfoResponse, IngesterService, LabelRequest, LabelResponse, MatcherPb, PushRequest,
-    PushResponse, QueryRequest, QueryStreamResponse, SeriesPb, decompress,
+    PushResponse, QueryRequest, QueryStreamResponse, SeriesBatch, SeriesPb, decompress,
 };
-use crate::labels::{Label, Labels, MatchType, Matcher};
+use crate::head::SeriesSamples;
+use crate::labels::{DisplayRefs, MatchType, Matcher};
 use crate::metrics::Metrics;
-use crate::series::{Sample, Series};
+use crate::series::Series;
 
 /// A boxed future.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
+/// What an append to a tenant's head stored and refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// Samples refused (out of order, duplicates, too old) of series that were stored.
+    pub refused: u64,
+    /// The message naming the first refused sample.
+    pub message: Option<String>,
+    /// Indices in the batch of new series refused for the series limit.
+    pub series_limited: Vec<usize>,
+}
+
 /// A tenant's head as the ingester uses it.
 pub trait Tsdb: Send + Sync + 'static {
-    /// Appends a batch; `Ok` only once it is durable in the WAL. Returns samples refused
-    /// (out of order, duplicates) with a message for the first.
-    fn append(&self, batch: &[(Labels, Vec<Sample>)]) -> Result<(u64, Option<String>), String>;
+    /// Appends a batch; `Ok` only once it is durable in the WAL. With `max_series > 0`, new
+    /// series are refused once the head holds that many.
+    fn append(&self, batch: &[SeriesSamples<'_>], max_series: u64) -> Result<Appended, String>;
     /// Series matching all matchers with samples in `[mint, maxt]`.
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series>;
     /// Series in memory.
@@ -66,8 +78,6 @@ const HEAD_DIR: &str = "head";
 struct Tenant {
     dir: PathBuf,
     db: Arc<dyn Tsdb>,
-    /// Hashes of the label sets in the head, for the active-series limit.
-    known: Mutex<HashSet<u64>>,
     /// Serialises block cutting and shipping per tenant.
     lifecycle: tokio::sync::Mutex<()>,
 }
@@ -192,7 +202,6 @@ impl Ingester {
         })?;
         let t = Arc::new(Tenant {
             dir,
-            known: Mutex::new(known_series(db.as_ref())),
             db,
             lifecycle: tokio::sync::Mutex::new(()),
         });
@@ -244,13 +253,9 @@ impl Ingester {
         let db = t.db.clone();
         let dir = t.dir.clone();
         let range = self.block_range;
-        let cut = tokio::task::spawn_blocking(move || cut_blocks(db.as_ref(), &dir, range, all))
+        tokio::task::spawn_blocking(move || cut_blocks(db.as_ref(), &dir, range, all))
             .await
             .map_err(|e| format!("cutting blocks of {name}: {e}"))??;
-        if cut {
-            // Series whose samples all went into blocks left the head: recount them.
-            *t.known.lock().unwrap_or_else(|e| e.into_inner()) = known_series(t.db.as_ref());
-        }
         self.metrics
             .active_series
             .get_or_create(&Metrics::label("user", name))
@@ -337,17 +342,6 @@ impl Ingester {
             }
         }
     }
-}
-
-/// Label hashes of every series in the head.
-fn known_series(db: &dyn Tsdb) -> HashSet<u64> {
-    let all: Vec<Matcher> = Matcher::new(MatchType::Regex, "__name__", ".+")
-        .into_iter()
-        .collect();
-    db.select(&all, i64::MIN, i64::MAX)
-        .iter()
-        .map(|s| s.labels.stable_hash())
-        .collect()
 }
 
 /// Cuts the head's due block ranges; returns whether anything was truncated.
@@ -448,7 +442,62 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
+/// Appends a push to a tenant's head: series beyond the limit are refused with a message
+/// naming the first of them, the head's own refusals (out of order, duplicates) follow.
+fn append(
+    db: &dyn Tsdb,
+    tenant: &str,
+    batch: &[SeriesSamples<'_>],
+    max_series: u64,
+) -> Result<PushResponse, Status> {
+    let a = db
+        .append(batch, max_series)
+        .map_err(|e| Status::internal(format!("appending to head of tenant {tenant}: {e}")))?;
+    let total: u64 = batch.iter().map(|(_, s)| s.len() as u64).sum();
+    let limited: u64 = a
+        .series_limited
+        .iter()
+        .filter_map(|&i| batch.get(i))
+        .map(|(_, s)| s.len() as u64)
+        .sum();
+    let mut errors = Vec::new();
+    if let Some((labels, _)) = a.series_limited.first().and_then(|&i| batch.get(i)) {
+        errors.push(format!(
+            "per-tenant series limit of {max_series} exceeded on this ingester (limits.max_global_series_per_user spread over the ring): series {}",
+            DisplayRefs(labels)
+        ));
+    }
+    errors.extend(a.message);
+    Ok(PushResponse {
+        samples_appended: total - limited - a.refused,
+        samples_rejected: limited + a.refused,
+        errors,
+    })
+}
+
 impl Ingester {
+    /// The tenant a push goes to, once the ingester is ready and the tenant name valid.
+    fn push_target(&self, tenant: &str) -> Result<Arc<Tenant>, Status> {
+        if !self.is_ready() {
+            return Err(Status::unavailable("ingester is replaying its WAL"));
+        }
+        crate::distributor::validate_tenant(tenant).map_err(Status::invalid_argument)?;
+        self.tenant(tenant).map_err(internal)
+    }
+
+    /// Per-request metrics of a push (never per sample).
+    fn record_push(&self, tenant: &str, resp: &PushResponse, t: &Tenant) {
+        let user = Metrics::label("user", tenant);
+        self.metrics
+            .ingested_samples
+            .get_or_create(&user)
+            .inc_by(resp.samples_appended);
+        self.metrics
+            .active_series
+            .get_or_create(&user)
+            .set(t.db.num_series() as i64);
+    }
+
     fn existing(&self, tenant: &str) -> Option<Arc<Tenant>> {
         self.lock_tenants().get(tenant).cloned()
     }
@@ -471,70 +520,45 @@ impl Ingester {
 #[tonic::async_trait]
 impl IngesterService for Ingester {
     async fn push(&self, req: PushRequest) -> Result<PushResponse, Status> {
-        if !self.is_ready() {
-            return Err(Status::unavailable("ingester is replaying its WAL"));
-        }
-        crate::distributor::validate_tenant(&req.tenant).map_err(Status::invalid_argument)?;
-        let raw = decompress(req.compression, &req.payload, self.max_message_size)?;
-        let w =
-            WriteRequestRef::decode(&raw).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let t = self.tenant(&req.tenant).map_err(internal)?;
-        let mut batch: Vec<(Labels, Vec<Sample>)> = Vec::with_capacity(w.len());
-        let mut rejected = 0u64;
-        let mut errors = Vec::new();
-        {
-            let mut known = t.known.lock().unwrap_or_else(|e| e.into_inner());
-            for (labels, samples) in w.iter() {
-                let ls = Labels::from_sorted(
-                    labels
-                        .iter()
-                        .map(|l| Label {
-                            name: l.name.to_string(),
-                            value: l.value.to_string(),
-                        })
-                        .collect(),
-                );
-                let h = ls.stable_hash();
-                if !known.contains(&h) {
-                    if req.max_series > 0 && known.len() as u64 >= req.max_series {
-                        rejected += samples.len() as u64;
-                        if errors.is_empty() {
-                            errors.push(format!(
-                                "per-tenant series limit of {} exceeded on this ingester (limits.max_global_series_per_user spread over the ring): series {ls}",
-                                req.max_series
-                            ));
-                        }
-                        continue;
-                    }
-                    known.insert(h);
-                }
-                batch.push((ls, samples.to_vec()));
-            }
-        }
-        let appended: u64 = batch.iter().map(|(_, s)| s.len() as u64).sum();
+        let t = self.push_target(&req.tenant)?;
+        let max = self.max_message_size;
+        let PushRequest {
+            tenant,
+            compression,
+            payload,
+            max_series,
+        } = req;
         let db = t.db.clone();
-        let (refused, msg) = tokio::task::spawn_blocking(move || db.append(&batch))
-            .await
-            .map_err(internal)?
-            .map_err(|e| {
-                Status::internal(format!("appending to head of tenant {}: {e}", req.tenant))
-            })?;
-        if let Some(m) = msg {
-            errors.push(m);
-        }
-        self.metrics
-            .ingested_samples
-            .get_or_create(&Metrics::label("user", &req.tenant))
-            .inc_by(appended - refused);
-        self.metrics
-            .active_series
-            .get_or_create(&Metrics::label("user", &req.tenant))
-            .set(t.db.num_series() as i64);
-        Ok(PushResponse {
-            samples_appended: appended - refused,
-            samples_rejected: rejected + refused,
-            errors,
+        let (resp, tenant) = tokio::task::spawn_blocking(move || {
+            let raw = decompress(compression, &payload, max)?;
+            let w = WriteRequestRef::decode(&raw)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let batch: Vec<SeriesSamples<'_>> = w.iter().collect();
+            append(db.as_ref(), &tenant, &batch, max_series).map(|r| (r, tenant))
         })
+        .await
+        .map_err(internal)??;
+        self.record_push(&tenant, &resp, &t);
+        Ok(resp)
+    }
+
+    async fn push_local(
+        &self,
+        tenant: String,
+        batch: SeriesBatch,
+        max_series: u64,
+    ) -> Result<PushResponse, Status> {
+        let t = self.push_target(&tenant)?;
+        let db = t.db.clone();
+        let (resp, tenant) = tokio::task::spawn_blocking(move || {
+            let labels = batch.label_refs();
+            let series = batch.series(&labels);
+            append(db.as_ref(), &tenant, &series, max_series).map(|r| (r, tenant))
+        })
+        .await
+        .map_err(internal)??;
+        self.record_push(&tenant, &resp, &t);
+        Ok(resp)
     }
 
     async fn query_stream(&self, req: QueryRequest) -> Result<Vec<QueryStreamResponse>, Status> {
@@ -611,6 +635,8 @@ pub(crate) mod tests {
     use super::*;
     use crate::api::remote_write::{LabelRef, encode_series};
     use crate::grpc::{compress, compression_code};
+    use crate::labels::Labels;
+    use crate::series::Sample;
 
     /// An in-memory head that writes blocks as a `meta.json` holding its series.
     #[derive(Default)]
@@ -619,12 +645,18 @@ pub(crate) mod tests {
     }
 
     impl Tsdb for MemTsdb {
-        fn append(&self, batch: &[(Labels, Vec<Sample>)]) -> Result<(u64, Option<String>), String> {
+        fn append(&self, batch: &[SeriesSamples<'_>], max_series: u64) -> Result<Appended, String> {
             let mut s = self.series.lock().unwrap();
-            for (l, samples) in batch {
-                s.entry(l.clone()).or_default().extend_from_slice(samples);
+            let mut out = Appended::default();
+            for (i, (l, samples)) in batch.iter().enumerate() {
+                let l = Labels::from_refs(l);
+                if max_series > 0 && !s.contains_key(&l) && s.len() as u64 >= max_series {
+                    out.series_limited.push(i);
+                    continue;
+                }
+                s.entry(l).or_default().extend_from_slice(samples);
             }
-            Ok((0, None))
+            Ok(out)
         }
         fn select(&self, m: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {
             self.series
@@ -714,7 +746,7 @@ pub(crate) mod tests {
         PushRequest {
             tenant: tenant.into(),
             compression: compression_code(crate::config::Compression::Snappy),
-            payload: compress(crate::config::Compression::Snappy, &payload),
+            payload: compress(crate::config::Compression::Snappy, &payload).into(),
             max_series,
         }
     }
@@ -847,6 +879,113 @@ pub(crate) mod tests {
         assert_eq!(left.len(), 1, "the 20h-old block is past the 13h retention");
         assert!(block_maxt(&left[0]).unwrap() > recent);
         assert_eq!(std::fs::read_dir(bucket.join("t")).unwrap().count(), 2);
+    }
+
+    /// An ingester over real heads (WAL and all) in `dir`.
+    fn head_ingester(dir: &Path) -> Ingester {
+        let mut cfg = Config::default();
+        cfg.blocks_storage.tsdb.dir = dir.join("tsdb");
+        cfg.blocks_storage.filesystem.dir = dir.join("bucket");
+        let (open, shipper) = crate::storage::open(&cfg).unwrap();
+        let ing = Ingester::new(&cfg, open, shipper, Arc::new(Metrics::new()));
+        ing.replay().unwrap();
+        ing
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn local_handoff_stores_exactly_what_the_grpc_push_stores() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (grpc, local) = (head_ingester(a.path()), head_ingester(b.path()));
+        let lab = |name: &'static str, job: &'static str| {
+            vec![
+                LabelRef {
+                    name: "__name__",
+                    value: name,
+                },
+                LabelRef {
+                    name: "job",
+                    value: job,
+                },
+            ]
+        };
+        // Series limit 3: the fourth new series is refused; "up/a" goes back in time.
+        let pushes: Vec<Vec<(Vec<LabelRef<'static>>, Vec<Sample>)>> = vec![
+            vec![
+                (lab("up", "a"), vec![(1000, 1.0), (2000, 2.0)]),
+                (lab("up", "b"), vec![(1000, 5.0)]),
+                (lab("üñí", "ç"), vec![(1500, -0.0)]),
+                (lab("up", "c"), vec![(1000, 7.0)]),
+            ],
+            vec![
+                (lab("up", "a"), vec![(1500, 9.0), (3000, 3.0)]),
+                (lab("up", "b"), vec![(1000, 6.0)]),
+            ],
+        ];
+        let mut answers = Vec::new();
+        for series in &pushes {
+            let mut payload = Vec::new();
+            let mut batch = SeriesBatch::default();
+            for (l, s) in series {
+                encode_series(&mut payload, l, s);
+                batch.push(l, s);
+            }
+            let via_grpc = grpc
+                .push(PushRequest {
+                    tenant: "t".into(),
+                    compression: compression_code(crate::config::Compression::Snappy),
+                    payload: compress(crate::config::Compression::Snappy, &payload).into(),
+                    max_series: 3,
+                })
+                .await
+                .unwrap();
+            let via_local = local.push_local("t".into(), batch, 3).await.unwrap();
+            assert_eq!(via_grpc, via_local);
+            answers.push(via_local);
+        }
+        let counts: Vec<(u64, u64)> = answers
+            .iter()
+            .map(|a| (a.samples_appended, a.samples_rejected))
+            .collect();
+        assert_eq!(counts, [(4, 1), (1, 2)]);
+        assert!(
+            answers[0].errors[0].contains(r#"series limit of 3"#)
+                && answers[0].errors[0].contains(r#"{__name__="up", job="c"}"#),
+            "{:?}",
+            answers[0].errors
+        );
+        assert!(
+            answers[1].errors[0].contains("sample-out-of-order"),
+            "{:?}",
+            answers[1].errors
+        );
+        let all = |ing: &Ingester| {
+            ing.select(
+                "t",
+                &[MatcherPb {
+                    kind: 2,
+                    name: "__name__".into(),
+                    value: ".+".into(),
+                }],
+                i64::MIN,
+                i64::MAX,
+            )
+            .unwrap()
+        };
+        let stored = all(&grpc);
+        assert_eq!(stored, all(&local));
+        let names: Vec<String> = stored.iter().map(|s| s.labels.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                r#"{__name__="up", job="a"}"#,
+                r#"{__name__="up", job="b"}"#,
+                r#"{__name__="üñí", job="ç"}"#
+            ]
+        );
+        assert_eq!(
+            stored[0].samples,
+            vec![(1000, 1.0), (2000, 2.0), (3000, 3.0)]
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -17,6 +17,16 @@ pub struct Label {
     pub value: String,
 }
 
+/// A label pair borrowed from elsewhere (a request body, a [`Labels`]): the write path looks
+/// series up and stores them without building owned strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelRef<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Value.
+    pub value: &'a str,
+}
+
 /// A series' label set, sorted by name, names unique.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Labels(Vec<Label>);
@@ -37,6 +47,30 @@ impl Labels {
         v.sort();
         v.dedup_by(|a, b| a.name == b.name);
         Self(v)
+    }
+
+    /// Copies borrowed labels that are already sorted by name with unique names.
+    pub fn from_refs(labels: &[LabelRef<'_>]) -> Self {
+        Self::from_sorted(
+            labels
+                .iter()
+                .map(|l| Label {
+                    name: l.name.to_owned(),
+                    value: l.value.to_owned(),
+                })
+                .collect(),
+        )
+    }
+
+    /// The labels borrowed, in order.
+    pub fn refs(&self) -> Vec<LabelRef<'_>> {
+        self.0
+            .iter()
+            .map(|l| LabelRef {
+                name: &l.name,
+                value: &l.value,
+            })
+            .collect()
     }
 
     /// Wraps labels that are already sorted by name with unique names.
@@ -103,16 +137,36 @@ impl Labels {
 impl fmt::Display for Labels {
     /// Prometheus' text form: `{__name__="up", job="x"}` with Go-quoted values.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("{")?;
-        for (i, l) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{}=", l.name)?;
-            write_go_quoted(f, &l.value)?;
-        }
-        f.write_str("}")
+        write_labels(
+            f,
+            self.0.iter().map(|l| (l.name.as_str(), l.value.as_str())),
+        )
     }
+}
+
+/// Borrowed labels shown like [`Labels`]: `{__name__="up", job="x"}`.
+#[derive(Debug, Clone, Copy)]
+pub struct DisplayRefs<'a>(pub &'a [LabelRef<'a>]);
+
+impl fmt::Display for DisplayRefs<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_labels(f, self.0.iter().map(|l| (l.name, l.value)))
+    }
+}
+
+fn write_labels<'a>(
+    f: &mut fmt::Formatter<'_>,
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+) -> fmt::Result {
+    f.write_str("{")?;
+    for (i, (name, value)) in pairs.enumerate() {
+        if i > 0 {
+            f.write_str(", ")?;
+        }
+        write!(f, "{name}=")?;
+        write_go_quoted(f, value)?;
+    }
+    f.write_str("}")
 }
 
 /// Writes `s` quoted as Go's `strconv.Quote` does.

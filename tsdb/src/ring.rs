@@ -130,19 +130,18 @@ impl Ring {
             return;
         }
         let start = self.tokens.partition_point(|&(t, _)| t < token);
-        let n = self.tokens.len();
-        let mut zones: Vec<&str> = Vec::with_capacity(rf);
-        for k in 0..n {
-            let (_, idx) = self.tokens[(start + k) % n];
+        let (after, before) = (&self.tokens[start..], &self.tokens[..start]);
+        for &(_, idx) in after.iter().chain(before) {
             if out.contains(&idx) {
                 continue;
             }
-            let zone = self.instances[idx].zone.as_str();
-            if self.zone_aware && zones.contains(&zone) {
-                continue;
+            if self.zone_aware {
+                let zone = self.instances[idx].zone.as_str();
+                if out.iter().any(|&o| self.instances[o].zone == zone) {
+                    continue;
+                }
             }
             out.push(idx);
-            zones.push(zone);
             if out.len() == rf {
                 break;
             }

@@ -9,12 +9,11 @@ use tokio::sync::OnceCell;
 
 use crate::block::{self, BlockOptions};
 use crate::config::{Backend, Compression, Config};
-use crate::head::{Head, HeadOptions};
-use crate::ingester::{BoxFuture, Shipper, Tsdb, TsdbOpener};
-use crate::labels::Labels;
+use crate::head::{Head, HeadOptions, SeriesSamples};
+use crate::ingester::{Appended, BoxFuture, Shipper, Tsdb, TsdbOpener};
 use crate::labels::Matcher;
 use crate::objstore::{self, BucketConfig, ObjectStore};
-use crate::series::{Sample, Series};
+use crate::series::Series;
 use crate::server::Storage;
 
 /// A tenant's head.
@@ -23,12 +22,17 @@ struct HeadTsdb {
 }
 
 impl Tsdb for HeadTsdb {
-    fn append(&self, batch: &[(Labels, Vec<Sample>)]) -> Result<(u64, Option<String>), String> {
-        let s = self.head.append(batch).map_err(|e| e.to_string())?;
-        Ok((
-            s.rejected_samples(),
-            s.rejected.first().map(|r| r.message.clone()),
-        ))
+    fn append(&self, batch: &[SeriesSamples<'_>], max_series: u64) -> Result<Appended, String> {
+        let max_series = usize::try_from(max_series).unwrap_or(usize::MAX);
+        let s = self
+            .head
+            .append_refs(batch, max_series)
+            .map_err(|e| e.to_string())?;
+        Ok(Appended {
+            refused: s.rejected_samples(),
+            message: s.rejected.first().map(|r| r.message.clone()),
+            series_limited: s.series_limited,
+        })
     }
 
     fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Vec<Series> {

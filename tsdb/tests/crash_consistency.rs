@@ -45,6 +45,17 @@ fn verify(dir: &Path, floor: i64, last: i64) {
 
 #[test]
 fn sigkilled_appender_loses_no_acknowledged_sample() {
+    sigkill_repeatedly(1);
+}
+
+/// Four threads append each timestamp's series at once, so appends interleave in the WAL and
+/// share syncs (group commit); every sample acknowledged to all of them must be replayed.
+#[test]
+fn sigkilled_concurrent_appenders_lose_no_acknowledged_sample() {
+    sigkill_repeatedly(4);
+}
+
+fn sigkill_repeatedly(threads: usize) {
     let dir = tempfile::tempdir().unwrap();
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_rimir-walstress"));
     let mut rng = rand::rng();
@@ -59,6 +70,7 @@ fn sigkilled_appender_loses_no_acknowledged_sample() {
                 .arg(dir.path())
                 .arg(SERIES.to_string())
                 .arg("150")
+                .arg(threads.to_string())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()

@@ -72,14 +72,7 @@ pub struct ProtoError {
     pub what: &'static str,
 }
 
-/// A label borrowed from the request body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct LabelRef<'a> {
-    /// Name.
-    pub name: &'a str,
-    /// Value.
-    pub value: &'a str,
-}
+pub use crate::labels::LabelRef;
 
 /// A decoded request: every series' labels and samples in two flat arrays, so decoding costs
 /// no allocation per label or per series beyond amortised vector growth.
@@ -224,7 +217,15 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     fn varint(&mut self, what: &'static str) -> Result<u64, ProtoError> {
+        // Keys and lengths are nearly always one byte.
+        if let Some(&b) = self.b.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
         let (v, n) = uvarint(&self.b[self.pos..]).ok_or_else(|| self.err(what))?;
         self.pos += n;
         Ok(v)

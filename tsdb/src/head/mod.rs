@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::labels::{Labels, Matcher};
+use crate::labels::{DisplayRefs, LabelRef, Labels, Matcher};
 use crate::series::{Sample, Series};
 use crate::wal::{Corruption, Record, RefSample, RefSeries, Wal, WalError, WalOptions};
+use labelkey::{LabelKey, hash_packed, pack};
 use memseries::{MemSeries, Stored};
 use postings::Postings;
 
@@ -112,6 +113,17 @@ impl SeriesRejection {
     }
 }
 
+/// One series of an append: its labels (sorted by name, names unique) and samples, borrowed.
+pub type SeriesSamples<'a> = (&'a [LabelRef<'a>], &'a [Sample]);
+
+/// Whether owned and borrowed labels are the same.
+fn same_labels(a: &Labels, b: &[LabelRef<'_>]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.name == y.name && x.value == y.value)
+}
+
 /// What an append stored and rejected.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppendSummary {
@@ -123,6 +135,9 @@ pub struct AppendSummary {
     pub series_created: u64,
     /// Series with rejected samples; the rest of their samples were stored.
     pub rejected: Vec<SeriesRejection>,
+    /// Indices in the batch of new series refused because the head held `max_series` series
+    /// (none of their samples were stored).
+    pub series_limited: Vec<usize>,
 }
 
 impl AppendSummary {
@@ -194,24 +209,22 @@ struct HeadData {
 }
 
 impl HeadData {
-    fn lookup(&self, labels: &Labels, hash: u64) -> Option<u64> {
-        let first = *self.by_hash.get(&hash)?;
-        if self
-            .series
-            .get(&first)
-            .is_some_and(|s| s.labels.equals(labels))
-        {
-            return Some(first);
-        }
-        self.collisions
-            .get(&hash)?
-            .iter()
-            .copied()
-            .find(|r| self.series.get(r).is_some_and(|s| s.labels.equals(labels)))
+    /// The series with exactly these labels (packed, see [`pack`]), found by their hash.
+    fn lookup(&self, packed: &[u8], hash: u64) -> Option<(u64, &MemSeries)> {
+        self.lookup_by(hash, |k| k.is(packed))
     }
 
-    fn remove_series(&mut self, r: u64, labels: &Labels) {
-        self.remove_series_hashed(r, labels.stable_hash());
+    fn lookup_by(&self, hash: u64, eq: impl Fn(&LabelKey) -> bool) -> Option<(u64, &MemSeries)> {
+        let first = *self.by_hash.get(&hash)?;
+        if let Some(s) = self.series.get(&first).filter(|s| eq(&s.labels)) {
+            return Some((first, s));
+        }
+        self.collisions.get(&hash)?.iter().find_map(|r| {
+            self.series
+                .get(r)
+                .filter(|s| eq(&s.labels))
+                .map(|s| (*r, s))
+        })
     }
 
     fn remove_series_hashed(&mut self, r: u64, hash: u64) {
@@ -235,19 +248,26 @@ impl HeadData {
     }
 
     /// Adds a series under `r`; when the labels already have a series, `r` becomes its alias.
-    fn insert_series(&mut self, r: u64, labels: Labels) -> bool {
-        let hash = labels.stable_hash();
-        self.insert_series_hashed(r, labels, hash)
+    fn insert_series(&mut self, r: u64, labels: &Labels) -> bool {
+        let series = MemSeries::new(labels);
+        let hash = series.labels.hash();
+        self.insert_series_hashed(r, labels, series, hash)
     }
 
-    fn insert_series_hashed(&mut self, r: u64, labels: Labels, hash: u64) -> bool {
-        if let Some(existing) = self.lookup(&labels, hash) {
+    fn insert_series_hashed(
+        &mut self,
+        r: u64,
+        labels: &Labels,
+        series: MemSeries,
+        hash: u64,
+    ) -> bool {
+        if let Some((existing, _)) = self.lookup_by(hash, |k| *k == series.labels) {
             if existing != r {
                 self.aliases.insert(r, existing);
             }
             return false;
         }
-        self.postings.add(r, &labels);
+        self.postings.add(r, labels);
         match self.by_hash.entry(hash) {
             std::collections::hash_map::Entry::Occupied(_) => {
                 self.collisions.entry(hash).or_default().push(r)
@@ -256,7 +276,7 @@ impl HeadData {
                 v.insert(r);
             }
         }
-        self.series.insert(r, MemSeries::new(&labels));
+        self.series.insert(r, series);
         true
     }
 
@@ -266,11 +286,37 @@ impl HeadData {
         let s = self.series.get_mut(&r)?;
         let stored = s.store(t, v, chunk_range);
         if stored != Stored::Duplicate {
-            self.num_samples += 1;
-            self.min_time = Some(self.min_time.map_or(t, |m| m.min(t)));
-            self.max_time = Some(self.max_time.map_or(t, |m| m.max(t)));
+            self.note_stored(t, t, 1);
         }
         Some(stored)
+    }
+
+    /// Stores validated samples, grouped by series (one series lookup per run of samples).
+    fn store_all(&mut self, samples: &[RefSample], chunk_range: i64) {
+        let (mut n, mut min, mut max) = (0u64, i64::MAX, i64::MIN);
+        for run in samples.chunk_by(|a, b| a.series_ref == b.series_ref) {
+            let r = run[0].series_ref;
+            let r = self.aliases.get(&r).copied().unwrap_or(r);
+            let Some(s) = self.series.get_mut(&r) else {
+                continue;
+            };
+            for x in run {
+                if s.store(x.t, x.v, chunk_range) != Stored::Duplicate {
+                    n += 1;
+                    min = min.min(x.t);
+                    max = max.max(x.t);
+                }
+            }
+        }
+        if n > 0 {
+            self.note_stored(min, max, n);
+        }
+    }
+
+    fn note_stored(&mut self, min: i64, max: i64, n: u64) {
+        self.num_samples += n;
+        self.min_time = Some(self.min_time.map_or(min, |m| m.min(min)));
+        self.max_time = Some(self.max_time.map_or(max, |m| m.max(max)));
     }
 }
 
@@ -349,7 +395,7 @@ impl Head {
                 Record::Series(series) => {
                     for s in series {
                         next_ref = next_ref.max(s.series_ref + 1);
-                        if data.insert_series(s.series_ref, s.labels) {
+                        if data.insert_series(s.series_ref, &s.labels) {
                             report.series += 1;
                         }
                     }
@@ -392,14 +438,32 @@ impl Head {
         &self.dir
     }
 
-    /// Stores a batch. New series are logged to the WAL before their samples, and the WAL is
-    /// synced before this returns `Ok`: every sample counted in `samples_appended` survives a
-    /// crash. Rejected samples (out of order beyond the window, a new value for a stored
-    /// timestamp, older than the head accepts) are counted per series; the rest of the batch is
-    /// stored. A WAL error fails the whole call and stores nothing.
+    /// Stores a batch of owned series: [`Head::append_refs`] without a series limit.
+    pub fn append(&self, batch: &[(Labels, Vec<Sample>)]) -> Result<AppendSummary, HeadError> {
+        let refs: Vec<Vec<LabelRef<'_>>> = batch.iter().map(|(l, _)| l.refs()).collect();
+        let batch: Vec<SeriesSamples<'_>> = refs
+            .iter()
+            .zip(batch)
+            .map(|(l, (_, s))| (l.as_slice(), s.as_slice()))
+            .collect();
+        self.append_refs(&batch, 0)
+    }
+
+    /// Stores a batch. Labels are borrowed (sorted by name, names unique): a series the head
+    /// holds is found without building owned labels. New series are logged to the WAL before
+    /// their samples, and the WAL is synced before this returns `Ok`: every sample counted in
+    /// `samples_appended` survives a crash. Rejected samples (out of order beyond the window, a
+    /// new value for a stored timestamp, older than the head accepts) are counted per series;
+    /// the rest of the batch is stored. With `max_series > 0`, a series the head does not hold
+    /// is refused (listed in `series_limited`) once the head holds that many series. A WAL
+    /// error fails the whole call and stores nothing.
     ///
     /// Blocks on disk I/O (`write` + `fdatasync`): call it from `spawn_blocking` in async code.
-    pub fn append(&self, batch: &[(Labels, Vec<Sample>)]) -> Result<AppendSummary, HeadError> {
+    pub fn append_refs(
+        &self,
+        batch: &[SeriesSamples<'_>],
+        max_series: usize,
+    ) -> Result<AppendSummary, HeadError> {
         let mut summary = AppendSummary::default();
         let wal_err = |source| HeadError::Wal {
             dir: self.dir.clone(),
@@ -409,42 +473,78 @@ impl Head {
             let mut app = lock(&self.appender);
             let window = self.opts.out_of_order_window_ms;
             let mut new_series: Vec<RefSeries> = Vec::new();
+            let mut new_hashes: Vec<u64> = Vec::new();
             let mut new_by_hash: RefMap<Vec<usize>> = RefMap::default();
             let mut pending: RefMap<Pending> = RefMap::default();
+            pending.reserve(batch.len());
             let mut samples: Vec<RefSample> =
                 Vec::with_capacity(batch.iter().map(|b| b.1.len()).sum());
             {
                 let data = read(&self.data);
-                for (index, (labels, batch_samples)) in batch.iter().enumerate() {
+                // Most series exist. Their lookups are cache misses (label hash → reference →
+                // series → packed labels); done as passes of independent iterations over the
+                // batch, the processor overlaps the misses instead of waiting on each in turn.
+                let mut packed: Vec<u8> = Vec::with_capacity(batch.len() * 112);
+                let mut ends: Vec<usize> = Vec::with_capacity(batch.len());
+                for (l, _) in batch {
+                    pack(l, &mut packed);
+                    ends.push(packed.len());
+                }
+                let key = |i: usize| {
+                    let start = if i == 0 { 0 } else { ends[i - 1] };
+                    &packed[start..ends[i]]
+                };
+                let hashes: Vec<u64> = (0..batch.len()).map(|i| hash_packed(key(i))).collect();
+                let firsts: Vec<Option<u64>> = hashes
+                    .iter()
+                    .map(|h| data.by_hash.get(h).copied())
+                    .collect();
+                let found: Vec<Option<(u64, &MemSeries)>> = firsts
+                    .iter()
+                    .map(|r| r.and_then(|r| data.series.get(&r).map(|s| (r, s))))
+                    .collect();
+                let found: Vec<Option<(u64, &MemSeries)>> = found
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, f)| f.filter(|(_, s)| s.labels.is(key(i))))
+                    .collect();
+                for (index, &(labels, batch_samples)) in batch.iter().enumerate() {
                     if batch_samples.is_empty() {
                         continue;
                     }
-                    let hash = labels.stable_hash();
-                    let r = match data.lookup(labels, hash) {
-                        Some(r) => r,
+                    let hash = hashes[index];
+                    let (r, existing) = match found[index].or_else(|| data.lookup(key(index), hash))
+                    {
+                        Some((r, s)) => (r, Some(s)),
                         None => {
                             let known = new_by_hash.get(&hash).and_then(|ix| {
                                 ix.iter()
                                     .map(|&i| &new_series[i])
-                                    .find(|s| &s.labels == labels)
+                                    .find(|s| same_labels(&s.labels, labels))
                                     .map(|s| s.series_ref)
                             });
                             match known {
-                                Some(r) => r,
+                                Some(r) => (r, None),
                                 None => {
+                                    if max_series > 0
+                                        && data.series.len() + new_series.len() >= max_series
+                                    {
+                                        summary.series_limited.push(index);
+                                        continue;
+                                    }
                                     let r = app.next_ref;
                                     app.next_ref += 1;
                                     new_by_hash.entry(hash).or_default().push(new_series.len());
+                                    new_hashes.push(hash);
                                     new_series.push(RefSeries {
                                         series_ref: r,
-                                        labels: labels.clone(),
+                                        labels: Labels::from_refs(labels),
                                     });
-                                    r
+                                    (r, None)
                                 }
                             }
                         }
                     };
-                    let existing = data.series.get(&r);
                     let p = pending.entry(r).or_insert_with(|| Pending {
                         last: existing.and_then(|s| s.last),
                     });
@@ -510,15 +610,12 @@ impl Head {
             for rec in records {
                 match rec {
                     Record::Series(s) => {
-                        for s in s {
-                            data.insert_series(s.series_ref, s.labels);
+                        for (s, hash) in s.into_iter().zip(&new_hashes) {
+                            let series = MemSeries::new(&s.labels);
+                            data.insert_series_hashed(s.series_ref, &s.labels, series, *hash);
                         }
                     }
-                    Record::Samples(s) => {
-                        for s in s {
-                            data.store(s.series_ref, s.t, s.v, self.opts.chunk_range_ms);
-                        }
-                    }
+                    Record::Samples(s) => data.store_all(&s, self.opts.chunk_range_ms),
                 }
             }
             summary.series_created = created as u64;
@@ -665,14 +762,16 @@ impl Head {
             data.min_valid_time = data.min_valid_time.max(t);
             let mut dropped = 0u64;
             let mut removed: HashMap<u64, Labels> = HashMap::new();
+            let mut removed_hashes: Vec<(u64, u64)> = Vec::new();
             for (&r, s) in data.series.iter_mut() {
                 dropped += s.truncate_before(t);
                 if s.is_empty() {
                     removed.insert(r, s.labels.to_labels());
+                    removed_hashes.push((r, s.labels.hash()));
                 }
             }
-            for (r, labels) in &removed {
-                data.remove_series(*r, labels);
+            for (r, hash) in removed_hashes {
+                data.remove_series_hashed(r, hash);
             }
             data.postings.remove(&removed);
             let HeadData {
@@ -772,13 +871,14 @@ fn stored_value_at(s: &MemSeries, t: i64) -> Option<f64> {
 
 fn reject_message(
     reason: RejectReason,
-    labels: &Labels,
+    labels: &[LabelRef<'_>],
     t: i64,
     last: Option<Sample>,
     window: i64,
     min_valid: i64,
 ) -> String {
     let latest = last.map_or_else(|| "none".to_string(), |l| l.0.to_string());
+    let labels = DisplayRefs(labels);
     match reason {
         RejectReason::SampleOutOfOrder => format!(
             "the sample has been rejected because another sample with a more recent timestamp has already been ingested and {} (err-mimir-sample-out-of-order). The affected sample has timestamp {t} and is from series {labels}; the series' latest timestamp is {latest}",

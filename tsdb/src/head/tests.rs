@@ -293,21 +293,25 @@ fn memory_per_series_stays_small() {
 fn series_with_colliding_label_hashes_stay_apart() {
     let mut d = HeadData::default();
     let (a, b, c) = (l("a", "x"), l("b", "x"), l("c", "x"));
-    assert!(d.insert_series_hashed(1, a.clone(), 7));
-    assert!(d.insert_series_hashed(2, b.clone(), 7));
-    assert!(d.insert_series_hashed(3, c.clone(), 7));
-    assert!(
-        !d.insert_series_hashed(4, b.clone(), 7),
-        "same labels: alias"
-    );
+    let ins =
+        |d: &mut HeadData, r: u64, x: &Labels| d.insert_series_hashed(r, x, MemSeries::new(x), 7);
+    assert!(ins(&mut d, 1, &a));
+    assert!(ins(&mut d, 2, &b));
+    assert!(ins(&mut d, 3, &c));
+    assert!(!ins(&mut d, 4, &b), "same labels: alias");
     assert_eq!(d.aliases.get(&4), Some(&2));
+    let find = |d: &HeadData, x: &Labels| {
+        let mut packed = Vec::new();
+        labelkey::pack(&x.refs(), &mut packed);
+        d.lookup(&packed, 7).map(|(r, _)| r)
+    };
     assert_eq!(
-        (d.lookup(&a, 7), d.lookup(&b, 7), d.lookup(&c, 7)),
+        (find(&d, &a), find(&d, &b), find(&d, &c)),
         (Some(1), Some(2), Some(3))
     );
     d.remove_series_hashed(1, 7);
     assert_eq!(
-        (d.lookup(&a, 7), d.lookup(&b, 7), d.lookup(&c, 7)),
+        (find(&d, &a), find(&d, &b), find(&d, &c)),
         (None, Some(2), Some(3))
     );
     d.remove_series_hashed(2, 7);
@@ -362,4 +366,37 @@ fn truncation_concurrent_with_appends_keeps_every_recent_sample() {
             .collect();
         assert_eq!(s[0].samples, want, "series s{i} after cut {cut}");
     }
+}
+
+#[test]
+fn series_limit_refuses_only_series_the_head_does_not_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let (head, _) = open(dir.path());
+    let (a, b, c) = (l("up", "a"), l("up", "b"), l("up", "c"));
+    let (ra, rb, rc) = (a.refs(), b.refs(), c.refs());
+    // A series twice in one batch is one series.
+    let s = head
+        .append_refs(
+            &[
+                (&ra, &[(1, 1.0)]),
+                (&ra, &[(2, 2.0)]),
+                (&rb, &[(1, 1.0)]),
+                (&rc, &[(1, 1.0)]),
+            ],
+            2,
+        )
+        .unwrap();
+    assert_eq!(s.series_limited, vec![3]);
+    assert_eq!((s.samples_appended, s.series_created), (3, 2));
+    let s = head
+        .append_refs(&[(&rc, &[(2, 1.0)]), (&rb, &[(2, 1.0)])], 2)
+        .unwrap();
+    assert_eq!((s.series_limited, s.samples_appended), (vec![0], 1));
+    // Without a limit the same series is taken, and survives a restart.
+    head.append_refs(&[(&rc, &[(3, 3.0)])], 0).unwrap();
+    drop(head);
+    let (head, _) = open(dir.path());
+    assert_eq!(head.num_series(), 3);
+    let got = head.select(&[Matcher::equal("job", "c")], 0, 10);
+    assert_eq!(got[0].samples, vec![(3, 3.0)]);
 }
