@@ -20,12 +20,15 @@ if ! command -v kubectl >/dev/null; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
     kubernetes-client >/dev/null
 fi
-# moto before 5.2.2 answers CompleteMultipartUpload with a wrong XML root (getmoto/moto#10055),
-# which the AWS SDK rejects; older installs are upgraded.
+# moto is pinned: before 5.2.2 it answers CompleteMultipartUpload with a wrong XML root
+# (getmoto/moto#10055), which the AWS SDK rejects; 5.2.6 checks IAM policies against S3 API
+# operation names instead of IAM actions (ListObjectsV2 needs `s3:ListObjectsV2` rather than
+# `s3:ListBucket`), which breaks the least-privilege proof of the operator's inline policy.
+moto_version=5.2.5
 if ! command -v moto_server >/dev/null ||
-   ! python3 -c 'import sys, moto; sys.exit(tuple(map(int, moto.__version__.split(".")[:3])) < (5, 2, 2))' 2>/dev/null; then
-  echo "== installing moto server >= 5.2.2 (PyPI)"
-  python3 -m pip install -q -U 'moto[server]>=5.2.2'
+   [ "$(python3 -c 'import moto; print(moto.__version__)' 2>/dev/null)" != "$moto_version" ]; then
+  echo "== installing moto server $moto_version (PyPI)"
+  python3 -m pip install -q "moto[server]==$moto_version"
 fi
 promtool --version | head -1
 
