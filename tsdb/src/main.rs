@@ -8,7 +8,9 @@ use rimir_tsdb::config::Flags;
 
 /// mimalloc instead of glibc's allocator: it hands freed memory back to the system, where
 /// glibc keeps a per-thread arena at its high-water mark (queries run on many threads), and it
-/// is faster for the write path's many small allocations.
+/// is faster for the write path's many small allocations. Built with `no_thp`: otherwise it
+/// advises transparent huge pages on its eagerly committed arenas, and every touched 4 KiB page
+/// costs 2 MiB of RSS (measured: ingesters at 130–170 MiB instead of 45 MiB under the same load).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

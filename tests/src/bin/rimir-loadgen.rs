@@ -165,6 +165,8 @@ struct Result {
     secs: f64,
     cpu: f64,
     rss: u64,
+    /// Peak RSS of each process, in the order of `pids`.
+    rss_each: Vec<u64>,
     p50: Duration,
     p99: Duration,
     errors: usize,
@@ -208,7 +210,8 @@ fn run(name: &'static str, url: &str, pids: &[u32], bodies: &[Vec<u8>], o: &Opts
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = pids.iter().map(|&p| cpu_seconds(p)).sum::<f64>() - cpu0;
-    let rss = pids.iter().map(|&p| peak_rss(p)).sum();
+    let rss_each: Vec<u64> = pids.iter().map(|&p| peak_rss(p)).collect();
+    let rss = rss_each.iter().sum();
     let mut l = lat.lock().unwrap().clone();
     l.sort();
     let pct = |q: f64| l[((l.len() as f64 * q) as usize).min(l.len() - 1)];
@@ -218,6 +221,7 @@ fn run(name: &'static str, url: &str, pids: &[u32], bodies: &[Vec<u8>], o: &Opts
         secs,
         cpu,
         rss,
+        rss_each,
         p50: pct(0.5),
         p99: pct(0.99),
         errors: errors.load(Ordering::Relaxed),
@@ -404,6 +408,14 @@ fn main() {
             eff / pe,
             r.rss as f64 / prss.max(1) as f64
         );
+    }
+    for r in &results {
+        let each: Vec<String> = r
+            .rss_each
+            .iter()
+            .map(|b| format!("{:.0}M", *b as f64 / (1 << 20) as f64))
+            .collect();
+        println!("peak RSS per process, {}: {}", r.name, each.join(" + "));
     }
     println!(
         "RSS per active series: {}",
