@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -13,8 +14,14 @@ use ulid::Ulid;
 
 use crate::chunkenc::{ChunkError, ENCODING_XOR, MAX_SAMPLES_PER_CHUNK, XorChunk, decode_xor};
 use crate::chunks::{ChunkMeta, ChunksError, SegmentReader, SegmentWriter};
+pub use crate::framed::Compression;
+use crate::framed::{
+    DEFAULT_FRAME_BYTES, FRAMES_FILE, FileFrames, FrameCache, FrameTable, FramedReadAt,
+    stream_decoder, write_framed,
+};
 use crate::index::{IndexError, IndexReader, write_index};
 use crate::labels::{Labels, Matcher};
+use crate::readat::{FileReadAt, ReadAt};
 use crate::series::{Sample, Series, merge_samples};
 
 /// Name of the metadata file; written last, so a block without it does not exist.
@@ -50,6 +57,9 @@ pub enum BlockError {
     /// The index could not be read or written.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// A compressed block's frame table does not describe its files.
+    #[error(transparent)]
+    Frames(#[from] crate::framed::FramedError),
     /// The chunk segments could not be read or written.
     #[error(transparent)]
     Chunks(#[from] ChunksError),
@@ -210,6 +220,11 @@ pub struct RimirMeta {
     /// Compression applied to `index` and every chunk segment: `none`, `gzip` or `snappy`.
     #[serde(default)]
     pub compression: String,
+    /// Plain bytes per compressed frame; the frames are listed in `frames.json`. Absent on
+    /// blocks compressed as one stream per file (rimir before frames), which can only be read
+    /// after decompressing them whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_bytes: Option<u64>,
 }
 
 /// What to record in a new block's meta.json.
@@ -511,40 +526,6 @@ pub fn list_block_dirs(dir: &Path) -> Result<Vec<PathBuf>, BlockError> {
     Ok(out)
 }
 
-/// Compression of a block's `index` and chunk segment files in object storage (`cold`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    /// Plain Prometheus files, readable by every Prometheus/Mimir tool.
-    None,
-    /// Each file one gzip stream.
-    #[default]
-    Gzip,
-    /// Each file in the snappy framing format.
-    Snappy,
-}
-
-impl Compression {
-    /// The name used in config and meta.json.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Compression::None => "none",
-            Compression::Gzip => "gzip",
-            Compression::Snappy => "snappy",
-        }
-    }
-
-    /// Parses `none`, `gzip` or `snappy` (empty means none, as on plain Prometheus blocks).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "" | "none" => Some(Compression::None),
-            "gzip" => Some(Compression::Gzip),
-            "snappy" => Some(Compression::Snappy),
-            _ => None,
-        }
-    }
-}
-
 /// The compression recorded in a block's meta.json.
 pub fn block_compression(meta: &BlockMeta) -> Compression {
     meta.rimir
@@ -568,93 +549,158 @@ fn data_files(dir: &Path) -> Result<Vec<String>, BlockError> {
     Ok(names)
 }
 
+/// Rewrites `src` (compressed with `from`) into `dst` compressed with `to`, in frames of
+/// `frame_bytes`; returns the new file's size and, when compressed, its frames.
 fn transcode(
     src: &Path,
     dst: &Path,
     from: Compression,
     to: Compression,
-) -> Result<u64, BlockError> {
+    frame_bytes: u64,
+) -> Result<(u64, Option<FileFrames>), BlockError> {
     let input = fs::File::open(src).map_err(io_err("open", src))?;
-    let mut reader: Box<dyn std::io::Read> = match from {
-        Compression::None => Box::new(std::io::BufReader::new(input)),
-        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(input))),
-        Compression::Snappy => Box::new(snap::read::FrameDecoder::new(std::io::BufReader::new(
-            input,
-        ))),
-    };
+    let mut reader = stream_decoder(from, std::io::BufReader::new(input));
     let out = fs::File::create(dst).map_err(io_err("create", dst))?;
-    let buffered = std::io::BufWriter::new(out);
+    let mut w = std::io::BufWriter::new(out);
     let copy_err = |source| BlockError::Io {
         op: "transcode",
         path: src.to_path_buf(),
         source,
     };
-    let file = match to {
+    let frames = match to {
         Compression::None => {
-            let mut w = buffered;
             std::io::copy(&mut reader, &mut w).map_err(copy_err)?;
-            w.into_inner().map_err(|e| copy_err(e.into_error()))?
+            None
         }
-        Compression::Gzip => {
-            let mut w = flate2::write::GzEncoder::new(buffered, flate2::Compression::default());
-            std::io::copy(&mut reader, &mut w).map_err(copy_err)?;
-            w.finish()
-                .map_err(copy_err)?
-                .into_inner()
-                .map_err(|e| copy_err(e.into_error()))?
-        }
-        Compression::Snappy => {
-            let mut w = snap::write::FrameEncoder::new(buffered);
-            std::io::copy(&mut reader, &mut w).map_err(copy_err)?;
-            w.into_inner()
-                .map_err(|e| copy_err(std::io::Error::other(e.to_string())))?
-                .into_inner()
-                .map_err(|e| copy_err(e.into_error()))?
-        }
+        c => Some(write_framed(&mut reader, &mut w, c, frame_bytes).map_err(copy_err)?),
     };
+    let file = w.into_inner().map_err(|e| copy_err(e.into_error()))?;
     file.sync_all().map_err(io_err("fsync", dst))?;
-    Ok(fs::metadata(dst).map_err(io_err("stat", dst))?.len())
+    let size = fs::metadata(dst).map_err(io_err("stat", dst))?.len();
+    Ok((size, frames))
 }
 
-/// Compresses the `index` and chunk files of the plain block in `dir` in place (file by file,
-/// so the extra disk needed is one file's compressed size), records the compression in
-/// meta.json, and returns (plain bytes, compressed bytes).
+/// The frame table of a block compressed in frames (`frames.json`); `None` for plain blocks
+/// and blocks compressed as one stream per file.
+pub fn read_frame_table(dir: &Path, meta: &BlockMeta) -> Result<Option<FrameTable>, BlockError> {
+    if block_compression(meta) == Compression::None
+        || meta.rimir.as_ref().and_then(|r| r.frame_bytes).is_none()
+    {
+        return Ok(None);
+    }
+    let path = dir.join(FRAMES_FILE);
+    let body = fs::read(&path).map_err(io_err("read", &path))?;
+    parse_frame_table(&body, &path).map(Some)
+}
+
+/// Parses a `frames.json` read from `path` (a file, or the bucket location and key).
+pub fn parse_frame_table(body: &[u8], path: &Path) -> Result<FrameTable, BlockError> {
+    let t: FrameTable = serde_json::from_slice(body).map_err(|source| BlockError::Meta {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if t.version != 1 {
+        return Err(crate::framed::FramedError::Table {
+            name: path.to_path_buf(),
+            reason: format!("unsupported version {}", t.version),
+        }
+        .into());
+    }
+    Ok(t)
+}
+
+/// Compresses the `index` and chunk files of the block in `dir` in place (file by file, so the
+/// extra disk needed is one file's compressed size) in frames of [`DEFAULT_FRAME_BYTES`],
+/// writes the frame table (`frames.json`), records the compression in meta.json, and returns
+/// (plain bytes, stored bytes). `Compression::None` turns a compressed block back into a plain
+/// Prometheus block.
 pub fn compress_block(dir: &Path, to: Compression) -> Result<(u64, u64), BlockError> {
     let mut meta = read_meta(dir)?;
     let from = block_compression(&meta);
-    let mut plain = 0;
-    let mut packed = 0;
-    let mut sizes = BTreeMap::new();
-    for rel in data_files(dir)? {
-        let path = dir.join(&rel);
-        let before = fs::metadata(&path).map_err(io_err("stat", &path))?.len();
-        let after = if from == to {
-            before
-        } else {
-            let tmp = dir.join(format!("{}.transcode", rel.replace('/', "_")));
-            let n = transcode(&path, &tmp, from, to)?;
-            fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
-            n
-        };
-        plain += before;
-        packed += after;
-        sizes.insert(rel, after);
+    let existing = read_frame_table(dir, &meta)?;
+    let files = data_files(dir)?;
+    let stored_size = |rel: &String| {
+        let path = dir.join(rel);
+        fs::metadata(&path)
+            .map(|m| m.len())
+            .map_err(io_err("stat", &path))
+    };
+    if from == to && (to == Compression::None || existing.is_some()) {
+        let mut plain = 0;
+        let mut stored = 0;
+        for rel in &files {
+            let n = stored_size(rel)?;
+            stored += n;
+            plain += existing
+                .as_ref()
+                .and_then(|t| t.files.get(rel))
+                .map_or(n, |f| f.plain_bytes);
+        }
+        return Ok((plain, stored));
     }
+    let mut table = FrameTable {
+        version: 1,
+        compression: to,
+        frame_bytes: DEFAULT_FRAME_BYTES,
+        files: BTreeMap::new(),
+    };
+    let mut plain = 0;
+    let mut stored = 0;
+    let mut sizes = BTreeMap::new();
+    for rel in files {
+        let path = dir.join(&rel);
+        let tmp = dir.join(format!("{}.transcode", rel.replace('/', "_")));
+        let (after, frames) = transcode(&path, &tmp, from, to, DEFAULT_FRAME_BYTES)?;
+        fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+        plain += frames.as_ref().map_or(after, |f| f.plain_bytes);
+        stored += after;
+        sizes.insert(rel.clone(), after);
+        if let Some(f) = frames {
+            table.files.insert(rel, f);
+        }
+    }
+    let frames_path = dir.join(FRAMES_FILE);
+    let frames_size = if to == Compression::None {
+        match fs::remove_file(&frames_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err("remove", &frames_path)(e));
+            }
+            _ => None,
+        }
+    } else {
+        let body = serde_json::to_vec(&table).map_err(|source| BlockError::Meta {
+            path: frames_path.clone(),
+            source,
+        })?;
+        let mut f = fs::File::create(&frames_path).map_err(io_err("create", &frames_path))?;
+        f.write_all(&body).map_err(io_err("write", &frames_path))?;
+        f.sync_all().map_err(io_err("fsync", &frames_path))?;
+        Some(body.len() as u64)
+    };
     if let Some(t) = meta.thanos.as_mut() {
+        t.files.retain(|f| f.rel_path != FRAMES_FILE);
         for f in &mut t.files {
             if let Some(n) = sizes.get(&f.rel_path) {
                 f.size_bytes = Some(*n);
             }
+        }
+        if let Some(n) = frames_size {
+            t.files.push(FileMeta {
+                rel_path: FRAMES_FILE.into(),
+                size_bytes: Some(n),
+            });
+            t.files.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
         }
     }
     meta.rimir = match to {
         Compression::None => None,
         c => Some(RimirMeta {
             compression: c.as_str().into(),
+            frame_bytes: Some(DEFAULT_FRAME_BYTES),
         }),
     };
     write_meta(dir, &meta)?;
-    Ok((plain, packed))
+    Ok((plain, stored))
 }
 
 /// Copies the block in `dir` into `dst_parent/<ULID>` as a plain Prometheus block, undoing any
@@ -665,12 +711,58 @@ pub fn decompress_block_to(dir: &Path, dst_parent: &Path) -> Result<PathBuf, Blo
     let dst = dst_parent.join(&meta.ulid);
     fs::create_dir_all(dst.join(CHUNKS_DIR)).map_err(io_err("create", &dst))?;
     for rel in data_files(dir)? {
-        transcode(&dir.join(&rel), &dst.join(&rel), from, Compression::None)?;
+        transcode(
+            &dir.join(&rel),
+            &dst.join(&rel),
+            from,
+            Compression::None,
+            DEFAULT_FRAME_BYTES,
+        )?;
     }
     let mut plain = meta;
     plain.rimir = None;
+    if let Some(t) = plain.thanos.as_mut() {
+        t.files.retain(|f| f.rel_path != FRAMES_FILE);
+        for f in &mut t.files {
+            if f.rel_path != META_FILE {
+                let path = dst.join(&f.rel_path);
+                f.size_bytes = Some(fs::metadata(&path).map_err(io_err("stat", &path))?.len());
+            }
+        }
+    }
     write_meta(&dst, &plain)?;
     Ok(dst)
+}
+
+/// Decoded frames a locally opened compressed block keeps in memory: a few per file, enough
+/// for reading series and chunks in order (the compactor, the CLI).
+const LOCAL_FRAME_CACHE_BYTES: usize = 16 * DEFAULT_FRAME_BYTES as usize;
+
+/// The file `rel` of a block compressed in frames, read in place as plain bytes.
+fn framed_file(
+    dir: &Path,
+    rel: &str,
+    table: &FrameTable,
+    cache: &Arc<FrameCache>,
+) -> Result<Box<dyn ReadAt>, BlockError> {
+    let path = dir.join(rel);
+    let frames = table
+        .files
+        .get(rel)
+        .ok_or_else(|| crate::framed::FramedError::Table {
+            name: dir.join(FRAMES_FILE),
+            reason: format!("no frames listed for {rel}"),
+        })?;
+    let file = fs::File::open(&path).map_err(io_err("open", &path))?;
+    let src = FileReadAt::new(file).map_err(io_err("stat", &path))?;
+    Ok(Box::new(FramedReadAt::new(
+        &path,
+        Box::new(src),
+        table.compression,
+        table.frame_bytes,
+        frames,
+        cache.clone(),
+    )?))
 }
 
 /// An open block, reading its index and chunks on demand.
@@ -693,15 +785,31 @@ impl std::fmt::Debug for Block {
 }
 
 impl Block {
-    /// Opens the block in `dir`. A cold-compressed block is first decompressed into a
-    /// temporary directory (removed when the block is dropped).
+    /// Opens the block in `dir`. A block compressed as one stream per file (rimir before
+    /// frames) is first decompressed into a temporary directory (removed with the block).
     pub fn open(dir: &Path) -> Result<Self, BlockError> {
         Self::open_with_scratch(dir, &std::env::temp_dir())
     }
 
-    /// Opens the block in `dir`, decompressing a cold-compressed block under `scratch`.
+    /// Opens the block in `dir`. A block compressed in frames is read in place; one
+    /// compressed as one stream per file (rimir before frames) is decompressed under `scratch`.
     pub fn open_with_scratch(dir: &Path, scratch: &Path) -> Result<Self, BlockError> {
         let meta = read_meta(dir)?;
+        if let Some(table) = read_frame_table(dir, &meta)? {
+            let cache = FrameCache::new(LOCAL_FRAME_CACHE_BYTES);
+            let index = IndexReader::open_source(
+                &dir.join(INDEX_FILE),
+                framed_file(dir, INDEX_FILE, &table, &cache)?,
+            )?;
+            let mut segments = Vec::new();
+            for rel in data_files(dir)? {
+                if rel != INDEX_FILE {
+                    segments.push((dir.join(&rel), framed_file(dir, &rel, &table, &cache)?));
+                }
+            }
+            let chunks = SegmentReader::from_sources(&dir.join(CHUNKS_DIR), segments);
+            return Ok(Self::from_readers(dir.to_path_buf(), meta, index, chunks));
+        }
         let (files, tmp) = if block_compression(&meta) == Compression::None {
             (dir.to_path_buf(), None)
         } else {
@@ -893,6 +1001,32 @@ impl Block {
     }
 }
 
+/// Compresses a plain block the way rimir did before frames: each data file one gzip stream,
+/// no `frames.json` (for tests of reading such blocks).
+#[cfg(test)]
+pub(crate) fn gzip_as_one_stream_per_file(dir: &Path) {
+    for rel in data_files(dir).unwrap() {
+        let path = dir.join(&rel);
+        let plain = fs::read(&path).unwrap();
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&plain).unwrap();
+        fs::write(&path, e.finish().unwrap()).unwrap();
+    }
+    let mut m = read_meta(dir).unwrap();
+    m.rimir = Some(RimirMeta {
+        compression: "gzip".into(),
+        frame_bytes: None,
+    });
+    if let Some(t) = m.thanos.as_mut() {
+        for f in &mut t.files {
+            if f.rel_path != META_FILE {
+                f.size_bytes = Some(fs::metadata(dir.join(&f.rel_path)).unwrap().len());
+            }
+        }
+    }
+    write_meta(dir, &m).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -950,7 +1084,17 @@ mod tests {
             let bdir = dir.path().join(&meta.ulid);
             let (plain, packed) = compress_block(&bdir, c).unwrap();
             assert!(packed < plain, "{c:?}: {packed} >= {plain}");
-            let b = Block::open(&bdir).unwrap();
+            let table = read_frame_table(&bdir, &read_meta(&bdir).unwrap())
+                .unwrap()
+                .expect("frames.json");
+            assert_eq!(
+                table.files.keys().collect::<Vec<_>>(),
+                ["chunks/000001", "index"]
+            );
+            // Read in place: nothing is decompressed into the scratch directory.
+            let scratch = tempfile::tempdir().unwrap();
+            let b = Block::open_with_scratch(&bdir, scratch.path()).unwrap();
+            assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0);
             assert_eq!(block_compression(b.meta()), c);
             let got = b
                 .select(&[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX)
@@ -960,12 +1104,56 @@ mod tests {
             let plain_dir = tempfile::tempdir().unwrap();
             let p = decompress_block_to(&bdir, plain_dir.path()).unwrap();
             assert!(read_meta(&p).unwrap().rimir.is_none());
+            assert!(!p.join(FRAMES_FILE).exists());
             assert_eq!(
                 fs::metadata(p.join(INDEX_FILE)).unwrap().len()
                     + fs::metadata(p.join("chunks/000001")).unwrap().len(),
                 plain
             );
+            // Back to plain in place: the same bytes, no frame table, no rimir section.
+            assert_eq!(compress_block(&bdir, Compression::None).unwrap().0, plain);
+            assert!(!bdir.join(FRAMES_FILE).exists());
+            let meta = read_meta(&bdir).unwrap();
+            assert!(meta.rimir.is_none());
+            assert!(
+                meta.thanos
+                    .unwrap()
+                    .files
+                    .iter()
+                    .all(|f| f.rel_path != FRAMES_FILE)
+            );
+            assert_eq!(
+                fs::read(bdir.join(INDEX_FILE)).unwrap(),
+                fs::read(p.join(INDEX_FILE)).unwrap()
+            );
         }
+    }
+
+    #[test]
+    fn a_block_compressed_as_one_stream_per_file_still_opens() {
+        // What rimir wrote before frames: each file one gzip stream, no frames.json.
+        let dir = tempfile::tempdir().unwrap();
+        let input = series(30, 200);
+        let meta = write_block(dir.path(), input.clone(), &BlockOptions::default()).unwrap();
+        let bdir = dir.path().join(&meta.ulid);
+        gzip_as_one_stream_per_file(&bdir);
+        let scratch = tempfile::tempdir().unwrap();
+        let b = Block::open_with_scratch(&bdir, scratch.path()).unwrap();
+        assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 1);
+        let got = b
+            .select(&[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX)
+            .unwrap();
+        assert_eq!(got.len(), 30);
+        assert_eq!(got[29].samples, input[29].1);
+        // Recompressing turns it into frames.
+        compress_block(&bdir, Compression::Snappy).unwrap();
+        let b = Block::open(&bdir).unwrap();
+        assert_eq!(block_compression(b.meta()), Compression::Snappy);
+        assert_eq!(b.select(&[], 0, 1).unwrap().len(), 0);
+        let got = b
+            .select(&[Matcher::equal("__name__", "m")], i64::MIN, i64::MAX)
+            .unwrap();
+        assert_eq!(got[3].samples, input[3].1);
     }
 
     #[test]

@@ -670,20 +670,26 @@ impl Compactor {
             for job in jobs {
                 let ids: Vec<String> = job.blocks.iter().map(|b| b.ulid.clone()).collect();
                 let stored: u64 = ids.iter().map(|i| sizes.get(i).copied().unwrap_or(0)).sum();
-                let plain: u64 = job
+                // Plain size of each source (compressed ones estimated at 4× their size), and
+                // whether it must be decompressed to disk to be read (compressed as one stream
+                // per file, as before frames; blocks in frames are read in place).
+                let plain_sizes: Vec<(u64, bool)> = job
                     .blocks
                     .iter()
                     .map(|b| {
                         let s = sizes.get(&b.ulid).copied().unwrap_or(0);
                         if crate::block::block_compression(b) == Compression::None {
-                            s
+                            (s, false)
                         } else {
-                            s * 4
+                            let framed = b.rimir.as_ref().is_some_and(|r| r.frame_bytes.is_some());
+                            (s * 4, !framed)
                         }
                     })
-                    .sum();
-                // Downloaded sources + their decompressed copies + the merged output.
-                let needed = stored + if plain > stored { plain } else { 0 } + plain;
+                    .collect();
+                let plain: u64 = plain_sizes.iter().map(|p| p.0).sum();
+                let decompressed: u64 = plain_sizes.iter().filter(|p| p.1).map(|p| p.0).sum();
+                // Downloaded sources + decompressed copies + the merged output.
+                let needed = stored + decompressed + plain;
                 let available = self.available_bytes();
                 if needed > available {
                     let s = SkippedJob {

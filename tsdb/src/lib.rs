@@ -2,7 +2,7 @@
 //! write-ahead log, compaction, and object storage. Start at [`block`] for the on-disk block,
 //! [`head`] for appends, [`objstore`] for the bucket layout.
 //!
-//! Layering: `encoding`, `labels`, `readat` → `chunkenc`, `chunks`, `index` → `block` → `head`,
+//! Layering: `encoding`, `labels`, `readat`, `framed` → `chunkenc`, `chunks`, `index` → `block` → `head`,
 //! `wal`, `compact` → `objstore` → the server roles. Lower modules never call upper ones.
 
 pub mod api;
@@ -15,6 +15,7 @@ pub mod compactor;
 pub mod config;
 pub mod distributor;
 pub mod encoding;
+pub mod framed;
 pub mod grpc;
 pub mod head;
 pub mod index;

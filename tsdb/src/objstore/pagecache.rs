@@ -30,6 +30,7 @@ use tokio::runtime::Handle;
 
 use super::{ObjectStore, ObjstoreError};
 use crate::encoding::crc32c;
+use crate::framed::{FrameCache, FrameCacheMetrics};
 use crate::readat::ReadAt;
 
 /// Default page size: large enough that a series entry or chunk rarely spans two pages, small
@@ -119,8 +120,11 @@ pub struct BucketReadMetrics {
     pub evicted_pages: Counter,
     /// Bytes of page files on disk.
     pub cached_bytes: Gauge,
-    /// Whole blocks downloaded (only cold-compressed blocks, which cannot be range-read).
+    /// Whole blocks downloaded (only blocks compressed as one stream per file, which cannot be
+    /// range-read).
     pub block_downloads: Counter,
+    /// Decoded frames of cold-compressed blocks held in memory.
+    pub frames: FrameCacheMetrics,
 }
 
 impl BucketReadMetrics {
@@ -138,8 +142,23 @@ impl BucketReadMetrics {
         );
         r.register(
             "rimir_querier_bucket_block_downloads",
-            "Whole blocks downloaded by the querier (cold-compressed blocks only)",
+            "Whole blocks downloaded by the querier (blocks compressed as one stream per file only)",
             self.block_downloads.clone(),
+        );
+        r.register(
+            "rimir_querier_frame_cache_hits",
+            "Reads of cold-compressed blocks served from a decoded frame in memory",
+            self.frames.hits.clone(),
+        );
+        r.register(
+            "rimir_querier_frame_cache_misses",
+            "Frames of cold-compressed blocks the querier decoded",
+            self.frames.misses.clone(),
+        );
+        r.register(
+            "rimir_querier_frame_cache_bytes",
+            "Decoded frames of cold-compressed blocks held in memory",
+            self.frames.bytes.clone(),
         );
         r.register(
             "rimir_querier_page_cache_hits",
@@ -255,7 +274,11 @@ pub struct PageCache {
     state: Mutex<State>,
     metrics: BucketReadMetrics,
     tmp_counter: AtomicU64,
+    frames: Arc<FrameCache>,
 }
+
+/// Decoded frames of cold-compressed blocks a querier keeps in memory, for all tenants.
+pub const FRAME_CACHE_BYTES: usize = 64 << 20;
 
 impl PageCache {
     /// Opens the cache in `root` (created if missing) with pages of `page_size` bytes and at most
@@ -280,6 +303,7 @@ impl PageCache {
             page_size: page_size.max(1),
             max_bytes,
             state: Mutex::new(State::default()),
+            frames: FrameCache::with_metrics(FRAME_CACHE_BYTES, metrics.frames.clone()),
             metrics,
             tmp_counter: AtomicU64::new(0),
         };
@@ -296,6 +320,12 @@ impl PageCache {
     /// The metrics this cache counts into.
     pub fn metrics(&self) -> &BucketReadMetrics {
         &self.metrics
+    }
+
+    /// The in-memory cache of decoded frames every compressed bucket object read through this
+    /// cache shares (the page files hold the compressed bytes).
+    pub fn frames(&self) -> &Arc<FrameCache> {
+        &self.frames
     }
 
     /// The cache directory.
