@@ -147,16 +147,21 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-/// Peak resident set size (VmHWM) in bytes.
-fn peak_rss(pid: u32) -> u64 {
+/// A size field of `/proc/<pid>/status` (`VmHWM`, `VmRSS`) in bytes.
+fn status_bytes(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|l| l.split_whitespace().next())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0)
         * 1024
+}
+
+/// Peak resident set size (VmHWM) in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    status_bytes(pid, "VmHWM")
 }
 
 struct Result {
@@ -167,6 +172,8 @@ struct Result {
     rss: u64,
     /// Peak RSS of each process, in the order of `pids`.
     rss_each: Vec<u64>,
+    /// RSS of all processes when ready, before the first push.
+    rss_idle: u64,
     p50: Duration,
     p99: Duration,
     errors: usize,
@@ -174,6 +181,7 @@ struct Result {
 
 fn run(name: &'static str, url: &str, pids: &[u32], bodies: &[Vec<u8>], o: &Opts) -> Result {
     let cpu0: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum();
+    let rss_idle: u64 = pids.iter().map(|&p| status_bytes(p, "VmRSS")).sum();
     let next = Arc::new(AtomicUsize::new(0));
     let lat = Arc::new(Mutex::new(Vec::with_capacity(bodies.len())));
     let errors = Arc::new(AtomicUsize::new(0));
@@ -222,6 +230,7 @@ fn run(name: &'static str, url: &str, pids: &[u32], bodies: &[Vec<u8>], o: &Opts
         cpu,
         rss,
         rss_each,
+        rss_idle,
         p50: pct(0.5),
         p99: pct(0.99),
         errors: errors.load(Ordering::Relaxed),
@@ -418,10 +427,22 @@ fn main() {
         println!("peak RSS per process, {}: {}", r.name, each.join(" + "));
     }
     println!(
-        "RSS per active series: {}",
+        "RSS per active series (peak / series): {}",
         results
             .iter()
             .map(|r| format!("{} {:.0} B", r.name, r.rss as f64 / o.series as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // What the series cost beyond the processes' footprint when idle (binary, runtimes).
+    println!(
+        "RSS growth per active series ((peak - idle) / series): {}",
+        results
+            .iter()
+            .map(|r| {
+                let grown = r.rss.saturating_sub(r.rss_idle) as f64 / o.series as f64;
+                format!("{} {grown:.0} B", r.name)
+            })
             .collect::<Vec<_>>()
             .join(", ")
     );
