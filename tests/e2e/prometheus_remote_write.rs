@@ -1,7 +1,9 @@
 //! A real Prometheus 2.42 scraping itself and node_exporter remote-writes to `rimir
-//! --target=all`; after Prometheus stops (flushing its queue) and rimir flushes, the blocks
-//! rimir shipped hold exactly the series and samples of Prometheus' own TSDB.
+//! --target=all`: the metric metadata it sends makes rimir's `/api/v1/metadata` answer what
+//! Prometheus' own does, and after Prometheus stops (flushing its queue) and rimir flushes, the
+//! blocks rimir shipped hold exactly the series and samples of Prometheus' own TSDB.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -50,7 +52,7 @@ scrape_configs:
 remote_write:
   - url: {}/api/v1/push
     queue_config: {{batch_send_deadline: 200ms, max_shards: 2, min_backoff: 50ms, max_backoff: 1s}}
-    metadata_config: {{send: false}}
+    metadata_config: {{send: true, send_interval: 1s}}
 "#,
         rimir.url
     );
@@ -89,6 +91,85 @@ remote_write:
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(1));
+
+    // Metadata: once Prometheus has sent both targets' metadata, rimir answers the same map
+    // (metric → its type/help/unit entries) as Prometheus' own API.
+    let metadata = |base: &str, query: &str| -> (u16, serde_json::Value) {
+        let (code, body) = get(&format!("{base}/api/v1/metadata{query}"));
+        (
+            code,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        )
+    };
+    let as_sets = |v: &serde_json::Value| -> BTreeMap<String, BTreeSet<String>> {
+        v["data"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, entries)| {
+                        let set = entries
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|e| e.to_string())
+                            .collect();
+                        (k.clone(), set)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let prom_url = format!("http://127.0.0.1:{prom_port}");
+    let rimir_api = format!("{}/prometheus", rimir.url);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (theirs_md, ours_md) = loop {
+        let theirs = as_sets(&metadata(&prom_url, "").1);
+        let ours = as_sets(&metadata(&rimir_api, "").1);
+        if theirs.contains_key("node_cpu_seconds_total") && theirs == ours {
+            break (theirs, ours);
+        }
+        if Instant::now() > deadline {
+            let only_theirs: Vec<_> = theirs
+                .keys()
+                .filter(|k| !ours.contains_key(*k))
+                .take(5)
+                .collect();
+            let differ: Vec<_> = theirs
+                .iter()
+                .filter(|(k, v)| ours.get(*k).is_some_and(|o| o != *v))
+                .take(3)
+                .collect();
+            panic!(
+                "metadata differs: {} metrics in Prometheus, {} in rimir; only in Prometheus {only_theirs:?}; different {differ:?}",
+                theirs.len(),
+                ours.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(ours_md.len() > 100, "{} metrics compared", theirs_md.len());
+    assert!(
+        ours_md["node_cpu_seconds_total"]
+            .iter()
+            .any(|e| e.contains("\"type\":\"counter\"")),
+        "{:?}",
+        ours_md["node_cpu_seconds_total"]
+    );
+    for query in [
+        "?metric=prometheus_http_requests_total",
+        "?metric=no_such_metric",
+        "?limit=0",
+        "?limit=lots",
+    ] {
+        let (tc, theirs) = metadata(&prom_url, query);
+        let (oc, ours) = metadata(&rimir_api, query);
+        assert_eq!(tc, oc, "{query}: status");
+        assert_eq!(as_sets(&theirs), as_sets(&ours), "{query}");
+        assert_eq!(theirs["errorType"], ours["errorType"], "{query}");
+        assert_eq!(theirs["error"], ours["error"], "{query}");
+    }
+    let (_, limited) = metadata(&rimir_api, "?limit=5");
+    assert_eq!(limited["data"].as_object().unwrap().len(), 5);
 
     // SIGTERM: Prometheus writes stale markers, flushes its remote-write queue and exits.
     let pid = prom.0.id().to_string();

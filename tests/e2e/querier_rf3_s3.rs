@@ -173,6 +173,29 @@ async fn query_over_rf3_ingesters_and_s3_blocks_is_continuous_without_duplicates
             "the repeated query fetched nothing"
         );
         assert!(metric(&metrics, "rimir_querier_page_cache_hits_total") > 0.0);
+
+        // Metric metadata goes to three ingesters and comes back once through the querier.
+        let meta = rimir_tsdb::api::remote_write::WriteRequest {
+            metadata: vec![rimir_tsdb::api::remote_write::MetricMetadata {
+                r#type: 1,
+                metric_family_name: "rf3_total".into(),
+                help: "Pushed three times over.".into(),
+                unit: String::new(),
+            }],
+            ..Default::default()
+        };
+        let (code, msg) = distributor.push(None, &snappy(&meta.encode_to_bytes()));
+        assert_eq!(code, 200, "{msg}");
+        let (code, body) = rimir_e2e::rimir::get(&format!(
+            "{}/prometheus/api/v1/metadata",
+            querier.url
+        ));
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["data"],
+            serde_json::json!({"rf3_total": [{"type": "counter", "help": "Pushed three times over.", "unit": ""}]})
+        );
     })
     .await
     .unwrap();

@@ -80,6 +80,7 @@ pub fn write_request(series: &[SeriesSpec<'_>]) -> Vec<u8> {
                 }
             })
             .collect(),
+        ..Default::default()
     }
     .encode_to_bytes()
 }

@@ -282,11 +282,23 @@ impl Default for DistributorConfig {
 }
 
 /// `ingester.*`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngesterConfig {
     /// The ingester ring.
     pub ring: RingConfig,
+    /// How long metric metadata (type, help, unit) is kept after it was last received (10m);
+    /// Prometheus sends it every minute by default.
+    pub metadata_retain_period: GoDuration,
+}
+
+impl Default for IngesterConfig {
+    fn default() -> Self {
+        Self {
+            ring: RingConfig::default(),
+            metadata_retain_period: GoDuration::minutes(10),
+        }
+    }
 }
 
 /// `ingester.ring.*`
@@ -579,6 +591,8 @@ pub struct Limits {
     pub creation_grace_period: GoDuration,
     /// Active series per tenant across the cluster (150 000; 0 = unlimited).
     pub max_global_series_per_user: u64,
+    /// Characters in a metric metadata's metric name, help or unit (1024).
+    pub max_metadata_length: usize,
     /// Blocks whose data ended longer ago than this are deleted by the compactor (0 = keep).
     pub compactor_blocks_retention_period: GoDuration,
 }
@@ -593,6 +607,7 @@ impl Default for Limits {
             max_label_value_length: 2048,
             creation_grace_period: GoDuration::minutes(10),
             max_global_series_per_user: 150_000,
+            max_metadata_length: 1024,
             compactor_blocks_retention_period: GoDuration(std::time::Duration::ZERO),
         }
     }

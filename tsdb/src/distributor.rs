@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinSet;
 
-use crate::api::remote_write::{LabelRef, WriteRequestRef, encode_series};
+use crate::api::remote_write::{LabelRef, MetricMetadata, WriteRequestRef, encode_series};
 use crate::config::{Compression, Config, Limits, TenantLimits};
 use crate::grpc::{
     IngesterClient, IngesterService, PushRequest, SeriesBatch, compress, compression_code,
@@ -210,6 +210,9 @@ pub struct Distributor {
     metrics: Arc<Metrics>,
 }
 
+/// One push to one ingester: its index in the ring, the answer, the seconds it took.
+type PushOutcome = (usize, Result<crate::grpc::PushResponse, tonic::Status>, f64);
+
 /// A series that passed validation.
 struct Valid<'r, 'a> {
     labels: Cow<'r, [LabelRef<'a>]>,
@@ -344,8 +347,36 @@ impl Distributor {
             .received_samples
             .get_or_create(&Metrics::label("user", tenant))
             .inc_by(received);
+        let mut metadata = Vec::with_capacity(req.metadata().len());
+        for m in req.metadata() {
+            match crate::metadata::validate(m, limits.max_metadata_length) {
+                Ok(()) => metadata.push(m.to_owned()),
+                Err(e) => {
+                    self.metrics
+                        .discarded_metadata
+                        .get_or_create(&vec![
+                            ("user", tenant.to_string()),
+                            ("reason", e.reason.into()),
+                        ])
+                        .inc();
+                    first_error.get_or_insert(Invalid {
+                        reason: e.reason,
+                        message: e.message,
+                        samples: 0,
+                    });
+                }
+            }
+        }
+        if !req.metadata().is_empty() {
+            self.metrics
+                .received_metadata
+                .get_or_create(&Metrics::label("user", tenant))
+                .inc_by(req.metadata().len() as u64);
+        }
         let n_samples: usize = valid.iter().map(|v| v.samples.len()).sum();
-        if n_samples > 0 && !self.take_rate(tenant, n_samples as f64, limits) {
+        // Metadata counts towards the rate like samples, as in Mimir.
+        let n_items = n_samples + metadata.len();
+        if n_items > 0 && !self.take_rate(tenant, n_items as f64, limits) {
             self.metrics
                 .discarded_samples
                 .get_or_create(&vec![
@@ -361,9 +392,21 @@ impl Distributor {
                 ),
             );
         }
-        if !valid.is_empty()
-            && let Err(e) = self.replicate(tenant, &valid, limits).await
-        {
+        let (series, meta) = tokio::join!(
+            async {
+                if valid.is_empty() {
+                    return Ok(());
+                }
+                self.replicate(tenant, &valid, limits).await
+            },
+            async {
+                if metadata.is_empty() {
+                    return Ok(());
+                }
+                self.replicate_metadata(tenant, metadata).await
+            }
+        );
+        if let Err(e) = series.and(meta) {
             return e;
         }
         match first_error {
@@ -414,7 +457,6 @@ impl Distributor {
             return Err(PushResult::err(500, "no ingesters in the ring"));
         }
         let rf = ring.replication_factor();
-        let quorum = ring.quorum();
         // Each instance's share: the indices of its series in `valid`.
         let mut shares: Vec<Vec<u32>> = vec![Vec::new(); instances.len()];
         let mut replicas_of: Vec<usize> = Vec::with_capacity(valid.len() * rf);
@@ -490,6 +532,7 @@ impl Distributor {
                     compression: compression_code(self.hot),
                     payload,
                     max_series,
+                    metadata: Vec::new(),
                 };
                 tasks.spawn(async move {
                     let t = Instant::now();
@@ -498,6 +541,79 @@ impl Distributor {
                 });
             }
         }
+        self.await_quorum(tenant, &ring, tasks, &replicas_of).await
+    }
+
+    /// Writes each metric's metadata to the replicas of its name (as Mimir shards it); fails
+    /// unless each entry reached a quorum.
+    async fn replicate_metadata(
+        &self,
+        tenant: &str,
+        metadata: Vec<MetricMetadata>,
+    ) -> Result<(), PushResult> {
+        let ring = self.pool.ring();
+        let instances = ring.instances();
+        if instances.is_empty() {
+            return Err(PushResult::err(500, "no ingesters in the ring"));
+        }
+        let mut shares: Vec<Vec<MetricMetadata>> = vec![Vec::new(); instances.len()];
+        let mut replicas_of = Vec::with_capacity(metadata.len() * ring.replication_factor());
+        let mut replicas = Vec::new();
+        for m in metadata {
+            let name = [LabelRef {
+                name: "__name__",
+                value: &m.metric_family_name,
+            }];
+            ring.replicas(shard_token(tenant, &name), &mut replicas);
+            for &i in &replicas {
+                shares[i].push(m.clone());
+            }
+            replicas_of.extend_from_slice(&replicas);
+        }
+        let mut tasks = JoinSet::new();
+        for (i, share) in shares.into_iter().enumerate() {
+            if share.is_empty() {
+                continue;
+            }
+            let inst = &instances[i];
+            let req = PushRequest {
+                tenant: tenant.to_string(),
+                compression: 0,
+                payload: bytes::Bytes::new(),
+                max_series: 0,
+                metadata: share,
+            };
+            match self.pool.client(&inst.addr) {
+                Ok(client) => {
+                    tasks.spawn(async move {
+                        let t = Instant::now();
+                        let r = client.push(req).await;
+                        (i, r, t.elapsed().as_secs_f64())
+                    });
+                }
+                Err(e) => {
+                    let e = format!("{}: {}", inst.id, e.message());
+                    tasks.spawn(async move { (i, Err(tonic::Status::unavailable(e)), 0.0) });
+                }
+            }
+        }
+        self.await_quorum(tenant, &ring, tasks, &replicas_of).await
+    }
+
+    /// Collects the answers of pushes to ingesters until every item (series or metadata entry,
+    /// whose replicas are the consecutive `RF`-sized chunks of `replicas_of`) has a quorum of
+    /// acknowledgements; 500 when that cannot happen, 400 with the first refusal an ingester
+    /// reported.
+    async fn await_quorum(
+        &self,
+        tenant: &str,
+        ring: &Ring,
+        mut tasks: JoinSet<PushOutcome>,
+        replicas_of: &[usize],
+    ) -> Result<(), PushResult> {
+        let instances = ring.instances();
+        let rf = ring.replication_factor();
+        let quorum = ring.quorum();
         let mut ok = vec![false; instances.len()];
         let mut first_failure: Option<String> = None;
         let mut client_error: Option<String> = None;
@@ -856,8 +972,8 @@ mod tests {
     use super::*;
     use crate::api::remote_write::{Label, PbSample, TimeSeries, WriteRequest};
     use crate::grpc::{
-        InfoResponse, LabelRequest, LabelResponse, PushResponse, QueryRequest, QueryStreamResponse,
-        decompress,
+        InfoResponse, LabelRequest, LabelResponse, MetadataRequest, MetadataResponse, PushResponse,
+        QueryRequest, QueryStreamResponse, decompress,
     };
     use prost::Message;
     use std::io::Write;
@@ -873,6 +989,7 @@ mod tests {
         slow: AtomicBool,
         got: Mutex<Pushes>,
         payloads: Mutex<Vec<bytes::Bytes>>,
+        metadata: Mutex<Vec<MetricMetadata>>,
     }
 
     #[tonic::async_trait]
@@ -883,6 +1000,13 @@ mod tests {
             }
             if self.slow.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            self.metadata
+                .lock()
+                .unwrap()
+                .extend(req.metadata.iter().cloned());
+            if req.payload.is_empty() {
+                return Ok(PushResponse::default());
             }
             self.payloads.lock().unwrap().push(req.payload.clone());
             let raw = decompress(req.compression, &req.payload, 1 << 24)?;
@@ -920,6 +1044,14 @@ mod tests {
         }
         async fn info(&self) -> Result<InfoResponse, tonic::Status> {
             Ok(InfoResponse::default())
+        }
+        async fn metrics_metadata(
+            &self,
+            _: MetadataRequest,
+        ) -> Result<MetadataResponse, tonic::Status> {
+            Ok(MetadataResponse {
+                metadata: self.metadata.lock().unwrap().clone(),
+            })
         }
     }
 
@@ -994,7 +1126,14 @@ mod tests {
             })
             .collect();
         let r = d
-            .push(None, None, &snappy(&WriteRequest { timeseries: series }))
+            .push(
+                None,
+                None,
+                &snappy(&WriteRequest {
+                    timeseries: series,
+                    ..Default::default()
+                }),
+            )
             .await;
         assert_eq!(r, PushResult::ok());
         let payloads: Vec<bytes::Bytes> = fakes
@@ -1017,7 +1156,12 @@ mod tests {
         let (d, fakes) = setup(&cfg, 1);
         let t = now();
         let good = ts(&[("__name__", "up"), ("job", "a")], &[(t, 1.0)]);
-        let req = |series: Vec<TimeSeries>| snappy(&WriteRequest { timeseries: series });
+        let req = |series: Vec<TimeSeries>| {
+            snappy(&WriteRequest {
+                timeseries: series,
+                ..Default::default()
+            })
+        };
         let many: Vec<(String, String)> =
             (0..31).map(|i| (format!("l{i:02}"), "v".into())).collect();
         let mut many_refs: Vec<(&str, &str)> = vec![("__name__", "m")];
@@ -1026,6 +1170,7 @@ mod tests {
         let truncated = {
             let mut b = WriteRequest {
                 timeseries: vec![good.clone()],
+                ..Default::default()
             }
             .encode_to_vec();
             b.truncate(b.len() - 4);
@@ -1133,6 +1278,7 @@ mod tests {
         let (d, fakes) = setup(&cfg, 1);
         let body = snappy(&WriteRequest {
             timeseries: vec![ts(&[("__name__", "up")], &[(now(), 1.0)])],
+            ..Default::default()
         });
         let r = d.push(None, None, &body).await;
         assert_eq!(
@@ -1157,6 +1303,7 @@ mod tests {
                 ts(&[("job", "no-name")], &[(t, 1.0)]),
                 ts(&[("__name__", "ok2")], &[(t, 3.0), (t + 86_400_000, 9.0)]),
             ],
+            ..Default::default()
         });
         let r = d.push(None, None, &body).await;
         assert_eq!(r.status, 400);
@@ -1174,10 +1321,101 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn metadata_goes_to_the_replicas_of_its_metric_and_invalid_metadata_is_400() {
+        let mut cfg = Config::default();
+        cfg.limits.max_metadata_length = 40;
+        let (d, fakes) = setup(&cfg, 5);
+        let md = |name: &str, help: &str| MetricMetadata {
+            r#type: 1,
+            metric_family_name: name.into(),
+            help: help.into(),
+            unit: String::new(),
+        };
+        let names: Vec<String> = (0..20).map(|i| format!("metric_{i}_total")).collect();
+        // Metadata only, as Prometheus sends it.
+        let body = snappy(&WriteRequest {
+            metadata: names.iter().map(|n| md(n, "Things.")).collect(),
+            ..Default::default()
+        });
+        let r = d.push(Some("t"), None, &body).await;
+        assert_eq!(r.status, 200, "{}", r.message);
+        for n in &names {
+            let holders = fakes
+                .iter()
+                .filter(|f| {
+                    f.metadata
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .any(|m| &m.metric_family_name == n)
+                })
+                .count();
+            assert_eq!(holders, 3, "{n} on RF ingesters");
+        }
+        assert!(
+            fakes.iter().all(|f| f.payloads.lock().unwrap().is_empty()),
+            "no series payload for a metadata-only request"
+        );
+        // An invalid entry is refused and named; the valid one still goes through.
+        let body = snappy(&WriteRequest {
+            metadata: vec![
+                md("good_total", "Fine."),
+                md("bad_total", &"x".repeat(41)),
+                md("", "No name."),
+            ],
+            ..Default::default()
+        });
+        let r = d.push(None, None, &body).await;
+        assert_eq!(r.status, 400);
+        assert!(
+            r.message
+                .contains("help of 41 characters exceeds the limit of 40")
+                && r.message.contains("bad_total"),
+            "{}",
+            r.message
+        );
+        let stored: usize = fakes
+            .iter()
+            .map(|f| {
+                f.metadata
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|m| m.metric_family_name == "good_total")
+                    .count()
+            })
+            .sum();
+        assert_eq!(stored, 3);
+        let text = d.metrics.render();
+        assert!(
+            text.contains(
+                "rimir_discarded_metadata_total{user=\"anonymous\",reason=\"help_too_long\"} 1"
+            ) && text.contains("reason=\"missing_metric_name\"} 1"),
+            "{text}"
+        );
+        // With too few ingesters up for a quorum, metadata is not acknowledged either.
+        for f in &fakes {
+            f.down.store(true, Ordering::SeqCst);
+        }
+        let r = d
+            .push(
+                None,
+                None,
+                &snappy(&WriteRequest {
+                    metadata: vec![md("late_total", "Late.")],
+                    ..Default::default()
+                }),
+            )
+            .await;
+        assert_eq!(r.status, 500, "{}", r.message);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn gzip_and_zstd_bodies_are_accepted() {
         let (d, fakes) = setup(&Config::default(), 1);
         let raw = WriteRequest {
             timeseries: vec![ts(&[("__name__", "up")], &[(now(), 1.0)])],
+            ..Default::default()
         }
         .encode_to_vec();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -1200,6 +1438,7 @@ mod tests {
         let samples: Vec<(i64, f64)> = (0..8).map(|i| (t - 100 + i, 1.0)).collect();
         let body = snappy(&WriteRequest {
             timeseries: vec![ts(&[("__name__", "up")], &samples)],
+            ..Default::default()
         });
         assert_eq!(d.push(None, None, &body).await.status, 200);
         let r = d.push(None, None, &body).await;
@@ -1222,6 +1461,7 @@ mod tests {
                 timeseries: (0..20)
                     .map(|s| ts(&[("__name__", "m"), ("s", &s.to_string())], &[(t + i, 1.0)]))
                     .collect(),
+                ..Default::default()
             })
         };
         assert_eq!(d.push(None, None, &body(0)).await.status, 200);
@@ -1245,6 +1485,7 @@ mod tests {
         fakes[2].slow.store(true, Ordering::SeqCst);
         let body = snappy(&WriteRequest {
             timeseries: vec![ts(&[("__name__", "m")], &[(now(), 1.0)])],
+            ..Default::default()
         });
         let start = Instant::now();
         let r = d.push(None, None, &body).await;
@@ -1282,6 +1523,12 @@ mod tests {
                 zone: "zone-b".into(),
                 ready: true,
             })
+        }
+        async fn metrics_metadata(
+            &self,
+            _: MetadataRequest,
+        ) -> Result<MetadataResponse, tonic::Status> {
+            Ok(MetadataResponse::default())
         }
     }
 
@@ -1329,6 +1576,7 @@ mod tests {
         let (d, _) = setup(&cfg, 1);
         let body = snappy(&WriteRequest {
             timeseries: vec![ts(&[("__name__", "up"), ("job", "x")], &[(now(), 1.0)])],
+            ..Default::default()
         });
         assert_eq!(d.push(Some("big"), None, &body).await.status, 200);
         let r = d.push(Some("small"), None, &body).await;

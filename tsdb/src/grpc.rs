@@ -2,7 +2,8 @@
 //! service and client (no protoc), and the `hot` message compression of pushes.
 //!
 //! `Push` carries a remote-write `WriteRequest`, compressed as a whole with snappy, gzip or not
-//! at all; the query RPCs serve the querier. In-process callers (`--target=all`) use the same
+//! at all, and the metric metadata the ingester keeps; the query RPCs (`QueryStream`,
+//! `LabelNames`, `LabelValues`, `MetricsMetadata`) serve the querier. In-process callers (`--target=all`) use the same
 //! [`IngesterService`] trait without the network.
 
 use std::io::{Read, Write};
@@ -16,6 +17,7 @@ use tonic::server::NamedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::api::remote_write::MetricMetadata;
 use crate::config::Compression;
 use crate::head::SeriesSamples;
 use crate::labels::LabelRef;
@@ -40,6 +42,9 @@ pub struct PushRequest {
     /// This ingester's share of the tenant's active-series limit (0: unlimited).
     #[prost(uint64, tag = "4")]
     pub max_series: u64,
+    /// Metric metadata this ingester keeps for the tenant (validated by the distributor).
+    #[prost(message, repeated, tag = "5")]
+    pub metadata: Vec<MetricMetadata>,
 }
 
 /// The outcome of a push.
@@ -132,6 +137,25 @@ pub struct LabelResponse {
     /// The strings.
     #[prost(string, repeated, tag = "1")]
     pub values: Vec<String>,
+}
+
+/// Asks for a tenant's metric metadata.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MetadataRequest {
+    /// Tenant.
+    #[prost(string, tag = "1")]
+    pub tenant: String,
+    /// Only this metric's (all when empty).
+    #[prost(string, tag = "2")]
+    pub metric: String,
+}
+
+/// A tenant's metric metadata, sorted by metric name.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MetadataResponse {
+    /// One entry per distinct metadata of a metric.
+    #[prost(message, repeated, tag = "1")]
+    pub metadata: Vec<MetricMetadata>,
 }
 
 /// Empty request.
@@ -264,6 +288,7 @@ pub trait IngesterService: Send + Sync + 'static {
             compression: 0,
             payload: payload.into(),
             max_series,
+            metadata: Vec::new(),
         })
         .await
     }
@@ -275,6 +300,8 @@ pub trait IngesterService: Send + Sync + 'static {
     async fn label_values(&self, req: LabelRequest) -> Result<LabelResponse, Status>;
     /// The ingester's identity.
     async fn info(&self) -> Result<InfoResponse, Status>;
+    /// A tenant's metric metadata.
+    async fn metrics_metadata(&self, req: MetadataRequest) -> Result<MetadataResponse, Status>;
     /// The series `query_stream` would stream, handed over without the wire encoding when the
     /// ingester runs in this process (`--target=all`); `None` for a remote ingester, whose
     /// callers use `query_stream`.
@@ -408,6 +435,8 @@ unary!(LabelNamesSvc, LabelRequest, LabelResponse, |i, r| i
 unary!(LabelValuesSvc, LabelRequest, LabelResponse, |i, r| i
     .label_values(r));
 unary!(InfoSvc, InfoRequest, InfoResponse, |i, _r| i.info());
+unary!(MetadataSvc, MetadataRequest, MetadataResponse, |i, r| i
+    .metrics_metadata(r));
 
 type QueryStream = std::pin::Pin<
     Box<dyn tokio_stream_alias::Stream<Item = Result<QueryStreamResponse, Status>> + Send>,
@@ -480,6 +509,11 @@ where
             "/rimir.Ingester/Info" => Box::pin(async move {
                 Ok(grpc!(Codec<InfoResponse, InfoRequest>)
                     .unary(InfoSvc(inner), req)
+                    .await)
+            }),
+            "/rimir.Ingester/MetricsMetadata" => Box::pin(async move {
+                Ok(grpc!(Codec<MetadataResponse, MetadataRequest>)
+                    .unary(MetadataSvc(inner), req)
                     .await)
             }),
             _ => Box::pin(async move {
@@ -583,6 +617,10 @@ impl IngesterService for IngesterClient {
     async fn info(&self) -> Result<InfoResponse, Status> {
         self.unary("/rimir.Ingester/Info", InfoRequest {}).await
     }
+
+    async fn metrics_metadata(&self, req: MetadataRequest) -> Result<MetadataResponse, Status> {
+        self.unary("/rimir.Ingester/MetricsMetadata", req).await
+    }
 }
 
 /// Binds a gRPC listener on `addr`.
@@ -645,6 +683,18 @@ mod tests {
                 zone: "z".into(),
                 ready: true,
             })
+        }
+        async fn metrics_metadata(&self, req: MetadataRequest) -> Result<MetadataResponse, Status> {
+            let metadata = self
+                .pushes
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|p| p.tenant == req.tenant)
+                .flat_map(|p| p.metadata.iter().cloned())
+                .filter(|m| req.metric.is_empty() || m.metric_family_name == req.metric)
+                .collect();
+            Ok(MetadataResponse { metadata })
         }
     }
 
@@ -726,12 +776,30 @@ mod tests {
                     compression: compression_code(c),
                     payload: compress(c, &payload).into(),
                     max_series: 0,
+                    metadata: vec![MetricMetadata {
+                        r#type: 2,
+                        metric_family_name: format!("m_{}", compression_code(c)),
+                        help: "Help.".into(),
+                        unit: "bytes".into(),
+                    }],
                 })
                 .await
                 .unwrap();
             assert_eq!(resp.samples_appended, 2);
         }
         assert_eq!(fake.pushes.lock().unwrap().len(), 3);
+        let md = client
+            .metrics_metadata(MetadataRequest {
+                tenant: "t1".into(),
+                metric: "m_2".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(md.metadata.len(), 1);
+        assert_eq!(
+            (md.metadata[0].r#type, md.metadata[0].unit.as_str()),
+            (2, "bytes")
+        );
         let batches = client
             .query_stream(QueryRequest {
                 tenant: "t9".into(),

@@ -16,11 +16,13 @@ use tonic::Status;
 use crate::api::remote_write::{Label as PbLabel, PbSample, WriteRequestRef};
 use crate::config::Config;
 use crate::grpc::{
-    InfoResponse, IngesterService, LabelRequest, LabelResponse, MatcherPb, PushRequest,
-    PushResponse, QueryRequest, QueryStreamResponse, SeriesBatch, SeriesPb, decompress,
+    InfoResponse, IngesterService, LabelRequest, LabelResponse, MatcherPb, MetadataRequest,
+    MetadataResponse, PushRequest, PushResponse, QueryRequest, QueryStreamResponse, SeriesBatch,
+    SeriesPb, decompress,
 };
 use crate::head::SeriesSamples;
 use crate::labels::{DisplayRefs, MatchType, Matcher};
+use crate::metadata::MetadataStore;
 use crate::metrics::Metrics;
 use crate::series::Series;
 
@@ -93,6 +95,8 @@ pub struct Ingester {
     open: Box<TsdbOpener>,
     shipper: Arc<dyn Shipper>,
     tenants: Mutex<HashMap<String, Arc<Tenant>>>,
+    /// Metric metadata per tenant, in memory only.
+    metadata: MetadataStore,
     ready: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
 }
@@ -145,6 +149,7 @@ impl Ingester {
             open,
             shipper,
             tenants: Mutex::new(HashMap::new()),
+            metadata: MetadataStore::new(cfg.ingester.metadata_retain_period.0),
             ready: std::sync::atomic::AtomicBool::new(false),
             metrics,
         }
@@ -520,13 +525,24 @@ impl Ingester {
 #[tonic::async_trait]
 impl IngesterService for Ingester {
     async fn push(&self, req: PushRequest) -> Result<PushResponse, Status> {
+        if req.payload.is_empty() {
+            // Metadata only (Prometheus sends it in requests of its own): no head involved.
+            if !self.is_ready() {
+                return Err(Status::unavailable("ingester is replaying its WAL"));
+            }
+            crate::distributor::validate_tenant(&req.tenant).map_err(Status::invalid_argument)?;
+            self.metadata.add(&req.tenant, &req.metadata);
+            return Ok(PushResponse::default());
+        }
         let t = self.push_target(&req.tenant)?;
+        self.metadata.add(&req.tenant, &req.metadata);
         let max = self.max_message_size;
         let PushRequest {
             tenant,
             compression,
             payload,
             max_series,
+            metadata: _,
         } = req;
         let db = t.db.clone();
         let (resp, tenant) = tokio::task::spawn_blocking(move || {
@@ -626,6 +642,13 @@ impl IngesterService for Ingester {
             id: self.id.clone(),
             zone: self.zone.clone(),
             ready: self.is_ready(),
+        })
+    }
+
+    async fn metrics_metadata(&self, req: MetadataRequest) -> Result<MetadataResponse, Status> {
+        let metric = (!req.metric.is_empty()).then_some(req.metric.as_str());
+        Ok(MetadataResponse {
+            metadata: self.metadata.get(&req.tenant, metric),
         })
     }
 }
@@ -748,6 +771,7 @@ pub(crate) mod tests {
             compression: compression_code(crate::config::Compression::Snappy),
             payload: compress(crate::config::Compression::Snappy, &payload).into(),
             max_series,
+            metadata: Vec::new(),
         }
     }
 
@@ -778,6 +802,56 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(r.samples_appended, 1);
         assert!(d.path().join("tsdb/t/head").is_dir());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn metadata_is_kept_per_tenant_without_opening_a_head() {
+        let d = tempfile::tempdir().unwrap();
+        let ing = ingester(&d.path().join("tsdb"), &d.path().join("bucket"));
+        ing.replay().unwrap();
+        let md = |name: &str, kind: i32| crate::api::remote_write::MetricMetadata {
+            r#type: kind,
+            metric_family_name: name.into(),
+            help: format!("About {name}."),
+            unit: String::new(),
+        };
+        let only_metadata = PushRequest {
+            tenant: "m".into(),
+            metadata: vec![md("reqs_total", 1), md("temp", 2)],
+            ..Default::default()
+        };
+        assert_eq!(
+            ing.push(only_metadata).await.unwrap(),
+            PushResponse::default()
+        );
+        assert!(
+            !d.path().join("tsdb/m").exists(),
+            "no head for a metadata-only push"
+        );
+        let mut with_series = push_req("t", &[("up", &[(1, 1.0)])], 0);
+        with_series.metadata = vec![md("up", 2)];
+        assert_eq!(ing.push(with_series).await.unwrap().samples_appended, 1);
+        let get = |tenant: &str, metric: &str| MetadataRequest {
+            tenant: tenant.into(),
+            metric: metric.into(),
+        };
+        let m = ing.metrics_metadata(get("m", "")).await.unwrap().metadata;
+        assert_eq!(m, [md("reqs_total", 1), md("temp", 2)]);
+        let m = ing
+            .metrics_metadata(get("m", "temp"))
+            .await
+            .unwrap()
+            .metadata;
+        assert_eq!(m, [md("temp", 2)]);
+        let m = ing.metrics_metadata(get("t", "")).await.unwrap().metadata;
+        assert_eq!(m, [md("up", 2)]);
+        assert!(
+            ing.metrics_metadata(get("x", ""))
+                .await
+                .unwrap()
+                .metadata
+                .is_empty()
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -935,6 +1009,7 @@ pub(crate) mod tests {
                     compression: compression_code(crate::config::Compression::Snappy),
                     payload: compress(crate::config::Compression::Snappy, &payload).into(),
                     max_series: 3,
+                    metadata: Vec::new(),
                 })
                 .await
                 .unwrap();

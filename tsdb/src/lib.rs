@@ -21,6 +21,7 @@ pub mod head;
 pub mod index;
 pub mod ingester;
 pub mod labels;
+pub mod metadata;
 pub mod metrics;
 pub mod objstore;
 pub mod openmetrics;

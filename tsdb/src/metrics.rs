@@ -24,6 +24,10 @@ pub struct Metrics {
     pub received_samples: Family<Labels, Counter>,
     /// Samples dropped, by tenant and reason.
     pub discarded_samples: Family<Labels, Counter>,
+    /// Metric metadata received by the distributor, by tenant.
+    pub received_metadata: Family<Labels, Counter>,
+    /// Metric metadata dropped, by tenant and reason.
+    pub discarded_metadata: Family<Labels, Counter>,
     /// Push requests by HTTP status code.
     pub requests: Family<Labels, Counter>,
     /// Distributor push latency (whole request, seconds).
@@ -57,6 +61,8 @@ impl Metrics {
             registry: Mutex::new(Registry::default()),
             received_samples: Family::default(),
             discarded_samples: Family::default(),
+            received_metadata: Family::default(),
+            discarded_metadata: Family::default(),
             requests: Family::default(),
             push_duration: latency_histogram(),
             ingester_push_duration: Family::new_with_constructor(latency_histogram),
@@ -78,6 +84,16 @@ impl Metrics {
                 "rimir_discarded_samples",
                 "Samples discarded, by tenant and reason",
                 m.discarded_samples.clone(),
+            );
+            r.register(
+                "rimir_distributor_received_metadata",
+                "Metric metadata received by the distributor",
+                m.received_metadata.clone(),
+            );
+            r.register(
+                "rimir_discarded_metadata",
+                "Metric metadata discarded, by tenant and reason",
+                m.discarded_metadata.clone(),
             );
             r.register(
                 "rimir_distributor_requests",

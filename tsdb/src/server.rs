@@ -632,6 +632,7 @@ mod tests {
                     timestamp: now,
                 }],
             }],
+            ..Default::default()
         };
         let body = snap::raw::Encoder::new()
             .compress_vec(&w.encode_to_vec())

@@ -105,7 +105,9 @@ impl From<QueryError> for ApiError {
             | QueryError::TooManySeries { .. }
             | QueryError::TooManySamples { .. } => ("execution", StatusCode::UNPROCESSABLE_ENTITY),
             QueryError::Timeout { .. } => ("timeout", StatusCode::SERVICE_UNAVAILABLE),
-            QueryError::Storage { .. } => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
+            QueryError::Storage { .. } | QueryError::Metadata(_) => {
+                ("internal", StatusCode::INTERNAL_SERVER_ERROR)
+            }
         };
         Self {
             kind,
@@ -653,8 +655,58 @@ async fn label_values(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn metadata() -> Response {
-    success("{}")
+/// `GET /api/v1/metadata`: the metric metadata the tenant's Prometheus servers remote-wrote
+/// (`metric` selects one metric, `limit` caps the number of metrics, `limit_per_metric` the
+/// entries of each; negative means no limit, as in Prometheus).
+async fn metadata(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let p = Params::new(raw, &headers, &Bytes::new());
+    let result = async {
+        let tenant = tenant(&state, &headers)?;
+        let count = |key: &str| -> Result<Option<usize>, ApiError> {
+            match p.get(key).filter(|v| !v.is_empty()) {
+                None => Ok(None),
+                Some(v) => {
+                    let n: i64 = v
+                        .parse()
+                        .map_err(|_| ApiError::bad_data(format!("{key} must be a number")))?;
+                    Ok(usize::try_from(n).ok())
+                }
+            }
+        };
+        let (limit, per_metric) = (count("limit")?, count("limit_per_metric")?);
+        let metric = p.get("metric").filter(|m| !m.is_empty()).map(String::from);
+        let source = state.tenants.queryable(&tenant);
+        let all = run_blocking(move || source.metadata(metric.as_deref())).await?;
+        let merged = crate::metadata::merge(all, limit, per_metric);
+        let mut out = String::from("{");
+        for (i, (name, entries)) in merged.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&json_str(name));
+            out.push_str(":[");
+            for (j, m) in entries.iter().enumerate() {
+                if j > 0 {
+                    out.push(',');
+                }
+                out.push_str(&format!(
+                    "{{\"type\":\"{}\",\"help\":{},\"unit\":{}}}",
+                    crate::metadata::type_name(m.kind),
+                    json_str(&m.help),
+                    json_str(&m.unit)
+                ));
+            }
+            out.push(']');
+        }
+        out.push('}');
+        Ok::<_, ApiError>(success(&out))
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn buildinfo() -> Response {
@@ -823,14 +875,29 @@ mod tests {
             assert_eq!(s, n.to_string());
         }
     }
+    use crate::api::remote_write::MetricMetadata;
     use crate::series::Series;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn tenant_data(job: &str) -> Arc<dyn Queryable> {
-        Arc::new(MemQueryable::new(vec![Series {
-            labels: Labels::from_pairs([("__name__", "up"), ("job", job)]),
-            samples: (0..10).map(|i| (i * 15_000, i as f64)).collect(),
-        }]))
+        let md = |kind: i32, name: &str, help: &str| MetricMetadata {
+            r#type: kind,
+            metric_family_name: name.into(),
+            help: help.into(),
+            unit: String::new(),
+        };
+        Arc::new(
+            MemQueryable::new(vec![Series {
+                labels: Labels::from_pairs([("__name__", "up"), ("job", job)]),
+                samples: (0..10).map(|i| (i * 15_000, i as f64)).collect(),
+            }])
+            .with_metadata(vec![
+                md(1, &format!("{job}_requests_total"), "Requests \"served\"."),
+                md(2, "shared_gauge", "A gauge."),
+                md(2, "shared_gauge", "A gauge."),
+                md(0, "shared_gauge", "Older help."),
+            ]),
+        )
     }
 
     async fn serve(state: ApiState) -> std::net::SocketAddr {
@@ -1147,8 +1214,36 @@ mod tests {
         )
         .await;
         assert_eq!(v["data"]["version"], "2.42.0");
-        let (_, v) = request(addr, "GET", "/prometheus/api/v1/metadata", Some("a"), None).await;
+        let (code, v) = request(addr, "GET", "/prometheus/api/v1/metadata", Some("a"), None).await;
+        assert_eq!(code, 200);
+        // Tenant a's metadata only, replicas' duplicates merged, Prometheus' type names.
+        assert_eq!(
+            v["data"],
+            serde_json::json!({
+                "job-a_requests_total": [{"type": "counter", "help": "Requests \"served\".", "unit": ""}],
+                "shared_gauge": [
+                    {"type": "unknown", "help": "Older help.", "unit": ""},
+                    {"type": "gauge", "help": "A gauge.", "unit": ""}
+                ]
+            })
+        );
+        let get = |q: &'static str| request(addr, "GET", q, Some("b"), None);
+        let (_, v) =
+            get("/prometheus/api/v1/metadata?metric=shared_gauge&limit_per_metric=1").await;
+        assert_eq!(v["data"].as_object().unwrap().len(), 1);
+        assert_eq!(v["data"]["shared_gauge"].as_array().unwrap().len(), 1);
+        let (_, v) = get("/prometheus/api/v1/metadata?limit=1").await;
+        assert_eq!(
+            v["data"].as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["job-b_requests_total"]
+        );
+        let (_, v) = get("/prometheus/api/v1/metadata?limit=0").await;
         assert_eq!(v["data"], serde_json::json!({}));
+        let (_, v) = get("/prometheus/api/v1/metadata?limit=-1").await;
+        assert_eq!(v["data"].as_object().unwrap().len(), 2);
+        let (code, v) = get("/prometheus/api/v1/metadata?limit=lots").await;
+        assert_eq!((code, v["errorType"].as_str()), (400, Some("bad_data")));
+        assert_eq!(v["error"], "limit must be a number");
     }
 
     /// Runs `promtool query …` against the router; returns (success, stdout + stderr).

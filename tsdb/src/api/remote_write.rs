@@ -4,7 +4,8 @@
 //! Wire schema (prometheus/prompb): `WriteRequest{repeated TimeSeries timeseries = 1; repeated
 //! MetricMetadata metadata = 3}`, `TimeSeries{repeated Label labels = 1; repeated Sample samples
 //! = 2; exemplars = 3; histograms = 4}`, `Label{string name = 1; string value = 2}`,
-//! `Sample{double value = 1; int64 timestamp = 2}`. Metadata, exemplars and histograms are
+//! `Sample{double value = 1; int64 timestamp = 2}`, `MetricMetadata{MetricType type = 1; string
+//! metric_family_name = 2; string help = 4; string unit = 5}`. Exemplars and histograms are
 //! skipped.
 
 use std::ops::Range;
@@ -20,6 +21,53 @@ pub struct WriteRequest {
     /// The series.
     #[prost(message, repeated, tag = "1")]
     pub timeseries: Vec<TimeSeries>,
+    /// Metric metadata (Prometheus sends it in requests of its own, every minute by default).
+    #[prost(message, repeated, tag = "3")]
+    pub metadata: Vec<MetricMetadata>,
+}
+
+/// Type, help and unit of a metric family, as remote-write carries them (also the ingester's
+/// gRPC message for metadata).
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct MetricMetadata {
+    /// `MetricType`: 0 unknown, 1 counter, 2 gauge, 3 histogram, 4 gaugehistogram, 5 summary,
+    /// 6 info, 7 stateset.
+    #[prost(int32, tag = "1")]
+    pub r#type: i32,
+    /// Metric family name.
+    #[prost(string, tag = "2")]
+    pub metric_family_name: String,
+    /// HELP text.
+    #[prost(string, tag = "4")]
+    pub help: String,
+    /// UNIT.
+    #[prost(string, tag = "5")]
+    pub unit: String,
+}
+
+/// Metric metadata borrowed from a request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetadataRef<'a> {
+    /// `MetricType` code (see [`MetricMetadata`]).
+    pub kind: i32,
+    /// Metric family name.
+    pub name: &'a str,
+    /// HELP text.
+    pub help: &'a str,
+    /// UNIT.
+    pub unit: &'a str,
+}
+
+impl MetadataRef<'_> {
+    /// An owned copy.
+    pub fn to_owned(&self) -> MetricMetadata {
+        MetricMetadata {
+            r#type: self.kind,
+            metric_family_name: self.name.to_string(),
+            help: self.help.to_string(),
+            unit: self.unit.to_string(),
+        }
+    }
 }
 
 impl WriteRequest {
@@ -81,6 +129,7 @@ pub struct WriteRequestRef<'a> {
     labels: Vec<LabelRef<'a>>,
     samples: Vec<Sample>,
     series: Vec<(Range<u32>, Range<u32>)>,
+    metadata: Vec<MetadataRef<'a>>,
 }
 
 impl<'a> WriteRequestRef<'a> {
@@ -113,6 +162,11 @@ impl<'a> WriteRequestRef<'a> {
         (0..self.series.len()).map(|i| self.series(i))
     }
 
+    /// The metric metadata of the request, in request order.
+    pub fn metadata(&self) -> &[MetadataRef<'a>] {
+        &self.metadata
+    }
+
     /// Decodes a remote-write `WriteRequest` without copying strings.
     pub fn decode(body: &'a [u8]) -> Result<Self, ProtoError> {
         let mut out = WriteRequestRef::default();
@@ -122,6 +176,9 @@ impl<'a> WriteRequestRef<'a> {
             if field == 1 && wt == WT_LEN {
                 let (start, end) = r.len_delimited("TimeSeries")?;
                 out.decode_series(body, start, end)?;
+            } else if field == 3 && wt == WT_LEN {
+                let (start, end) = r.len_delimited("MetricMetadata")?;
+                out.metadata.push(decode_metadata(body, start, end)?);
             } else {
                 r.skip(wt)?;
             }
@@ -181,6 +238,30 @@ fn decode_label(body: &[u8], start: usize, end: usize) -> Result<LabelRef<'_>, P
         }
     }
     Ok(LabelRef { name, value })
+}
+
+fn decode_metadata(body: &[u8], start: usize, end: usize) -> Result<MetadataRef<'_>, ProtoError> {
+    let mut r = Reader {
+        b: &body[..end],
+        pos: start,
+    };
+    let mut m = MetadataRef {
+        kind: 0,
+        name: "",
+        help: "",
+        unit: "",
+    };
+    while !r.done() {
+        let (field, wt) = r.key()?;
+        match (field, wt) {
+            (1, WT_VARINT) => m.kind = r.varint("metadata type")? as i32,
+            (2, WT_LEN) => m.name = r.str("metadata metric name")?,
+            (4, WT_LEN) => m.help = r.str("metadata help")?,
+            (5, WT_LEN) => m.unit = r.str("metadata unit")?,
+            _ => r.skip(wt)?,
+        }
+    }
+    Ok(m)
 }
 
 fn decode_sample(body: &[u8], start: usize, end: usize) -> Result<Sample, ProtoError> {
@@ -265,7 +346,11 @@ impl<'a> Reader<'a> {
         let (s, e) = self.len_delimited(what)?;
         std::str::from_utf8(&self.b[s..e]).map_err(|_| ProtoError {
             offset: at,
-            what: "label (invalid UTF-8)",
+            what: if what.starts_with("metadata") {
+                "metadata string (invalid UTF-8)"
+            } else {
+                "label (invalid UTF-8)"
+            },
         })
     }
 
@@ -393,7 +478,43 @@ mod tests {
                     samples: vec![],
                 },
             ],
+            metadata: vec![],
         }
+    }
+
+    #[test]
+    fn metadata_is_decoded_borrowed() {
+        let mut w = req();
+        w.metadata = vec![
+            MetricMetadata {
+                r#type: 1,
+                metric_family_name: "http_requests_total".into(),
+                help: "Requests served.".into(),
+                unit: "".into(),
+            },
+            MetricMetadata {
+                r#type: 3,
+                metric_family_name: "latency_seconds".into(),
+                help: "".into(),
+                unit: "seconds".into(),
+            },
+        ];
+        let bytes = w.encode_to_vec();
+        let r = WriteRequestRef::decode(&bytes).unwrap();
+        assert_eq!(r.len(), 2);
+        let m: Vec<MetricMetadata> = r.metadata().iter().map(|m| m.to_owned()).collect();
+        assert_eq!(m, w.metadata);
+        // Truncated inside a metadata message: an error naming it, never a panic.
+        let only_meta = WriteRequest {
+            timeseries: vec![],
+            metadata: w.metadata.clone(),
+        }
+        .encode_to_vec();
+        let e = WriteRequestRef::decode(&only_meta[..only_meta.len() - 2]).unwrap_err();
+        assert!(
+            e.to_string().contains("metadata") || e.what.contains("Metadata"),
+            "{e}"
+        );
     }
 
     #[test]

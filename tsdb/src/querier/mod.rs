@@ -54,6 +54,9 @@ pub enum QueryError {
         /// The configured timeout in milliseconds.
         limit_ms: u64,
     },
+    /// Reading metric metadata from the ingesters failed (`internal`, 500).
+    #[error("reading metric metadata: {0}")]
+    Metadata(String),
 }
 
 /// A source of series for queries. Implementations return, for each series matching all
@@ -98,12 +101,24 @@ pub trait Queryable: Send + Sync {
         mint: i64,
         maxt: i64,
     ) -> Result<Vec<String>, QueryError>;
+
+    /// Metric metadata (type, help, unit) received for the tenant, of `metric` only when given;
+    /// replicas' copies may repeat. Only ingesters keep metadata (as in Mimir, blocks hold
+    /// none), so other sources have none.
+    fn metadata(
+        &self,
+        metric: Option<&str>,
+    ) -> Result<Vec<crate::api::remote_write::MetricMetadata>, QueryError> {
+        let _ = metric;
+        Ok(Vec::new())
+    }
 }
 
 /// Series held in memory, sorted by labels: the reference [`Queryable`] for tests.
 #[derive(Debug, Clone, Default)]
 pub struct MemQueryable {
     series: Vec<Series>,
+    metadata: Vec<crate::api::remote_write::MetricMetadata>,
 }
 
 impl MemQueryable {
@@ -120,7 +135,19 @@ impl MemQueryable {
                 _ => out.push(s),
             }
         }
-        Self { series: out }
+        Self {
+            series: out,
+            metadata: Vec::new(),
+        }
+    }
+
+    /// The same source answering `metadata` with these entries.
+    pub fn with_metadata(
+        mut self,
+        metadata: Vec<crate::api::remote_write::MetricMetadata>,
+    ) -> Self {
+        self.metadata = metadata;
+        self
     }
 
     fn matching<'a>(
@@ -178,6 +205,18 @@ impl Queryable for MemQueryable {
             name,
             self.matching(matchers, mint, maxt).map(|(s, _)| &s.labels),
         ))
+    }
+
+    fn metadata(
+        &self,
+        metric: Option<&str>,
+    ) -> Result<Vec<crate::api::remote_write::MetricMetadata>, QueryError> {
+        Ok(self
+            .metadata
+            .iter()
+            .filter(|m| metric.is_none_or(|n| n == m.metric_family_name))
+            .cloned()
+            .collect())
     }
 }
 

@@ -11,13 +11,14 @@ use tokio::runtime::Handle;
 
 use super::{QueryError, Queryable};
 use crate::api::prometheus::TenantSource;
+use crate::api::remote_write::MetricMetadata;
 use crate::block::{
     Block, BlockMeta, CHUNKS_DIR, Compression, INDEX_FILE, META_FILE, parse_frame_table,
 };
 use crate::chunks::SegmentReader;
 use crate::distributor::IngesterPool;
 use crate::framed::{FRAMES_FILE, FrameTable, FramedReadAt};
-use crate::grpc::{LabelRequest, MatcherPb, QueryRequest};
+use crate::grpc::{LabelRequest, MatcherPb, MetadataRequest, QueryRequest};
 use crate::index::IndexReader;
 use crate::labels::{Label, Labels, MatchType, Matcher};
 use crate::objstore::layout::block_prefix;
@@ -124,9 +125,11 @@ impl IngestersQueryable {
         }
     }
 
+    /// Calls every ingester at once; `error` turns the failures into the caller's error when
+    /// more failed than the replication factor tolerates.
     fn fan_out<T: Send + 'static>(
         &self,
-        ctx: (&[Matcher], i64, i64),
+        error: impl FnOnce(String) -> QueryError,
         call: impl Fn(Arc<dyn crate::grpc::IngesterService>) -> BoxFut<T>,
     ) -> Result<Vec<T>, QueryError> {
         let ring = self.pool.ring();
@@ -140,13 +143,20 @@ impl IngestersQueryable {
                 Err(e) => failures.push(format!("{}: {e}", inst.id)),
             }
         }
-        let results = self.handle.block_on(async move {
-            let mut out = Vec::new();
-            for (id, f) in futs {
-                out.push((id, f.await));
-            }
-            out
-        });
+        let results =
+            self.handle.block_on(async move {
+                let mut set = tokio::task::JoinSet::new();
+                for (id, f) in futs {
+                    set.spawn(async move { (id, f.await) });
+                }
+                let mut out = Vec::new();
+                while let Some(done) = set.join_next().await {
+                    out.push(done.unwrap_or_else(|e| {
+                        ("?".into(), Err(tonic::Status::internal(e.to_string())))
+                    }));
+                }
+                out
+            });
         let mut ok = Vec::new();
         for (id, r) in results {
             match r {
@@ -155,17 +165,13 @@ impl IngestersQueryable {
             }
         }
         if failures.len() > tolerated {
-            return Err(storage(
-                ctx.0,
-                ctx.1,
-                ctx.2,
-                format!(
-                    "querying ingesters: {} of {} failed (at most {tolerated} may with replication factor {rf}): {}",
-                    failures.len(),
-                    ring.instances().len(),
-                    failures.join("; ")
-                ),
-            ));
+            failures.sort();
+            return Err(error(format!(
+                "querying ingesters: {} of {} failed (at most {tolerated} may with replication factor {rf}): {}",
+                failures.len(),
+                ring.instances().len(),
+                failures.join("; ")
+            )));
         }
         Ok(ok)
     }
@@ -184,15 +190,18 @@ impl Queryable for IngestersQueryable {
             mint,
             maxt,
         };
-        let lists = self.fan_out((matchers, mint, maxt), move |c| {
-            let req = req.clone();
-            Box::pin(async move {
-                if let Some(local) = c.select_local(&req).await {
-                    return local;
-                }
-                Ok(from_pb(c.query_stream(req).await?))
-            })
-        })?;
+        let lists = self.fan_out(
+            |e| storage(matchers, mint, maxt, e),
+            move |c| {
+                let req = req.clone();
+                Box::pin(async move {
+                    if let Some(local) = c.select_local(&req).await {
+                        return local;
+                    }
+                    Ok(from_pb(c.query_stream(req).await?))
+                })
+            },
+        )?;
         Ok(merge_series(lists))
     }
 
@@ -209,10 +218,13 @@ impl Queryable for IngestersQueryable {
             mint,
             maxt,
         };
-        let r = self.fan_out((matchers, mint, maxt), move |c| {
-            let req = req.clone();
-            Box::pin(async move { c.label_names(req).await })
-        })?;
+        let r = self.fan_out(
+            |e| storage(matchers, mint, maxt, e),
+            move |c| {
+                let req = req.clone();
+                Box::pin(async move { c.label_names(req).await })
+            },
+        )?;
         Ok(union(r.into_iter().map(|x| x.values)))
     }
 
@@ -230,11 +242,26 @@ impl Queryable for IngestersQueryable {
             mint,
             maxt,
         };
-        let r = self.fan_out((matchers, mint, maxt), move |c| {
-            let req = req.clone();
-            Box::pin(async move { c.label_values(req).await })
-        })?;
+        let r = self.fan_out(
+            |e| storage(matchers, mint, maxt, e),
+            move |c| {
+                let req = req.clone();
+                Box::pin(async move { c.label_values(req).await })
+            },
+        )?;
         Ok(union(r.into_iter().map(|x| x.values)))
+    }
+
+    fn metadata(&self, metric: Option<&str>) -> Result<Vec<MetricMetadata>, QueryError> {
+        let req = MetadataRequest {
+            tenant: self.tenant.clone(),
+            metric: metric.unwrap_or_default().to_string(),
+        };
+        let r = self.fan_out(QueryError::Metadata, move |c| {
+            let req = req.clone();
+            Box::pin(async move { c.metrics_metadata(req).await })
+        })?;
+        Ok(r.into_iter().flat_map(|x| x.metadata).collect())
     }
 }
 
@@ -817,6 +844,14 @@ impl Queryable for MergedQueryable {
             self.gather(maxt, |s| s.label_values(name, matchers, mint, maxt))?
                 .into_iter(),
         ))
+    }
+
+    fn metadata(&self, metric: Option<&str>) -> Result<Vec<MetricMetadata>, QueryError> {
+        // Only ingesters hold metadata, whatever the time.
+        match &self.ingesters {
+            Some(i) => i.metadata(metric),
+            None => Ok(Vec::new()),
+        }
     }
 }
 
