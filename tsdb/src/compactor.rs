@@ -197,6 +197,8 @@ pub struct RunReport {
     pub deleted: usize,
     /// Partial uploads removed.
     pub partials_deleted: usize,
+    /// Leftovers of interrupted writes removed (filesystem buckets' temporary files).
+    pub abandoned_writes_removed: u64,
     /// Plain bytes of the blocks written, before cold compression.
     pub bytes_plain: u64,
     /// Bytes of the blocks written, as stored.
@@ -565,6 +567,14 @@ impl Compactor {
             source: Box::new(source),
         };
         let now = SystemTime::now();
+        report.abandoned_writes_removed += self
+            .store
+            .remove_abandoned_writes(
+                &format!("{tenant}/"),
+                self.settings.partial_block_deletion_delay,
+            )
+            .await
+            .map_err(bucket)?;
         let states = self.scan(tenant).await?;
         // 1. Remove blocks whose deletion delay has passed (meta.json first: the block
         //    disappears for readers before any data file does), and stale partial uploads.

@@ -87,9 +87,19 @@ fn main() -> ExitCode {
                 Ok(r) => {
                     println!(
                         "compaction done: tenants={} jobs={} written={:?} marked={} deleted={} \
-                         partials_deleted={} skipped={} bytes_plain={} bytes_stored={} data_dir_peak_bytes={}",
-                        r.tenants, r.jobs, r.blocks_written, r.marked, r.deleted, r.partials_deleted,
-                        r.skipped.len(), r.bytes_plain, r.bytes_stored, r.data_dir_peak_bytes
+                         partials_deleted={} abandoned_writes_removed={} skipped={} bytes_plain={} \
+                         bytes_stored={} data_dir_peak_bytes={}",
+                        r.tenants,
+                        r.jobs,
+                        r.blocks_written,
+                        r.marked,
+                        r.deleted,
+                        r.partials_deleted,
+                        r.abandoned_writes_removed,
+                        r.skipped.len(),
+                        r.bytes_plain,
+                        r.bytes_stored,
+                        r.data_dir_peak_bytes
                     );
                     for s in &r.skipped {
                         println!("skipped: {s}");

@@ -264,6 +264,20 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 
     /// Deletes every object whose key starts with `prefix`; returns how many were deleted.
     fn delete_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<u64>>;
+
+    /// Removes what writes interrupted more than `older_than` ago left under `prefix` (readers
+    /// never see it, but it takes space); returns how many leftovers went. The filesystem
+    /// backend removes its temporary files. The default does nothing: on S3 an interrupted
+    /// multipart upload is aborted by the bucket's lifecycle rule (the operator sets one), since
+    /// the role's policy does not allow listing multipart uploads.
+    fn remove_abandoned_writes<'a>(
+        &'a self,
+        prefix: &'a str,
+        older_than: std::time::Duration,
+    ) -> BoxFuture<'a, Result<u64>> {
+        let _ = (prefix, older_than);
+        Box::pin(async { Ok(0) })
+    }
 }
 
 /// Checks that `key` is a usable object key: non-empty, relative, `/`-separated segments that are

@@ -388,6 +388,55 @@ impl ObjectStore for FilesystemStore {
             Ok(n)
         })
     }
+
+    fn remove_abandoned_writes<'a>(
+        &'a self,
+        prefix: &'a str,
+        older_than: std::time::Duration,
+    ) -> BoxFuture<'a, Result<u64>> {
+        self.blocking("RemoveAbandonedWrites", prefix, move |this, prefix| {
+            let dir = match prefix.rfind('/') {
+                Some(i) => this.path_of("RemoveAbandonedWrites", &prefix[..i])?,
+                None => this.root.clone(),
+            };
+            let mut removed = 0;
+            let mut stack = vec![dir];
+            while let Some(dir) = stack.pop() {
+                let Ok(entries) = fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let Ok(md) = entry.metadata() else { continue };
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    let key = path
+                        .strip_prefix(&this.root)
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    if md.is_dir() {
+                        stack.push(path);
+                    } else if name.starts_with(TMP_MARKER)
+                        && key.starts_with(&prefix)
+                        && md
+                            .modified()
+                            .ok()
+                            .and_then(|t| t.elapsed().ok())
+                            .is_some_and(|age| age >= older_than)
+                    {
+                        match fs::remove_file(&path) {
+                            Ok(()) => removed += 1,
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                            Err(e) => {
+                                return Err(this.local("RemoveAbandonedWrites", &key, &path)(e));
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(removed)
+        })
+    }
 }
 
 enum CopyError {
@@ -557,6 +606,37 @@ mod tests {
             !s.root().join("t/a").exists(),
             "emptied directory left behind"
         );
+    }
+
+    #[tokio::test]
+    async fn abandoned_temporary_files_are_removed_once_old_enough() {
+        let (d, s) = store();
+        s.put("t/b1/meta.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        // What a writer killed mid-put leaves: a temporary file beside its target.
+        let _keep = d;
+        let left = s
+            .root()
+            .join("t/b1")
+            .join(format!("{TMP_MARKER}index-0123"));
+        std::fs::write(&left, b"half").unwrap();
+        let other = s.root().join("u").join(format!("{TMP_MARKER}x-1"));
+        std::fs::create_dir_all(other.parent().unwrap()).unwrap();
+        std::fs::write(&other, b"half").unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(s.remove_abandoned_writes("t/", hour).await.unwrap(), 0);
+        assert!(left.exists(), "too young to be abandoned");
+        let now = std::time::Duration::ZERO;
+        assert_eq!(s.remove_abandoned_writes("t/", now).await.unwrap(), 1);
+        assert!(!left.exists() && other.exists(), "only under the prefix");
+        assert_eq!(
+            keys(&s.list("", false).await.unwrap()),
+            ["t/b1/meta.json"],
+            "objects untouched"
+        );
+        assert_eq!(s.remove_abandoned_writes("", now).await.unwrap(), 1);
+        assert!(!other.exists());
     }
 
     #[tokio::test]
