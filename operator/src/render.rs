@@ -5,7 +5,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::aws::iam::{INLINE_POLICY_NAME, inline_policy, trust_policy};
-use crate::aws::s3::{desired_tags, public_access_block};
+use crate::aws::s3::{
+    ABORT_INCOMPLETE_UPLOADS_AFTER_DAYS, LIFECYCLE_RULE_ID, desired_tags, public_access_block,
+};
 use crate::aws::{Partition, bucket_arn, role_arn};
 use crate::crd::{MimirCluster, validate};
 use crate::workloads::Names;
@@ -49,6 +51,12 @@ pub fn aws_documents(mc: &MimirCluster) -> Vec<Value> {
             },
             "defaultEncryption": "AES256",
             "objectOwnership": "BucketOwnerEnforced",
+            "lifecycleRules": [{
+                "ID": LIFECYCLE_RULE_ID,
+                "Status": "Enabled",
+                "Filter": {"Prefix": ""},
+                "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_INCOMPLETE_UPLOADS_AFTER_DAYS},
+            }],
             "tags": desired_tags(&Default::default(), &names.owner_tag(), true),
         }),
         json!({
@@ -191,6 +199,10 @@ mod tests {
             ]
         );
         assert_eq!(docs[1]["arn"], "arn:aws:iam::123456789012:role/mimir_role");
+        assert_eq!(
+            docs[0]["lifecycleRules"][0]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"],
+            1
+        );
         assert_eq!(
             docs[1]["assumeRolePolicyDocument"]["Statement"][0]["Condition"]["StringEquals"]["oidc.eks.eu-west-3.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE:sub"],
             "system:serviceaccount:monitoring:mimir"

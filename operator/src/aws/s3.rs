@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, CreateBucketConfiguration, Delete, ObjectIdentifier, ObjectOwnership,
-    OwnershipControls, OwnershipControlsRule, PublicAccessBlockConfiguration, ServerSideEncryption,
-    ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
-    Tag, Tagging,
+    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint,
+    CreateBucketConfiguration, Delete, ExpirationStatus, LifecycleRule, LifecycleRuleFilter,
+    ObjectIdentifier, ObjectOwnership, OwnershipControls, OwnershipControlsRule,
+    PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
+    ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag, Tagging,
 };
 
 use super::iam::Change;
@@ -198,8 +199,45 @@ pub async fn ensure_bucket(
     Ok(change)
 }
 
-/// Public access block, SSE-S3 default encryption, BucketOwnerEnforced; returns true when
-/// something had drifted and was corrected.
+/// ID of the lifecycle rule the operator keeps on the bucket.
+pub const LIFECYCLE_RULE_ID: &str = "rimir-abort-incomplete-multipart-uploads";
+
+/// Days after which S3 aborts a multipart upload that was never completed.
+pub const ABORT_INCOMPLETE_UPLOADS_AFTER_DAYS: i32 = 1;
+
+/// The lifecycle rule aborting incomplete multipart uploads in the whole bucket: an ingester or
+/// compactor killed during an upload leaves its parts behind, and the pods' policy cannot list
+/// multipart uploads, so S3 has to clean them. It expires no object.
+pub fn abort_incomplete_uploads_rule() -> Result<LifecycleRule> {
+    LifecycleRule::builder()
+        .id(LIFECYCLE_RULE_ID)
+        .status(ExpirationStatus::Enabled)
+        .filter(LifecycleRuleFilter::builder().prefix("").build())
+        .abort_incomplete_multipart_upload(
+            AbortIncompleteMultipartUpload::builder()
+                .days_after_initiation(ABORT_INCOMPLETE_UPLOADS_AFTER_DAYS)
+                .build(),
+        )
+        .build()
+        .map_err(build_err("LifecycleRule"))
+}
+
+/// Whether `r` is the operator's rule as [`abort_incomplete_uploads_rule`] builds it (compared
+/// by what it does, not by the representation S3 returns).
+fn is_abort_rule(r: &LifecycleRule) -> bool {
+    r.id() == Some(LIFECYCLE_RULE_ID)
+        && *r.status() == ExpirationStatus::Enabled
+        && r.filter()
+            .is_none_or(|f| f.prefix().unwrap_or_default().is_empty() && f.tag().is_none())
+        && r.expiration().is_none()
+        && r.abort_incomplete_multipart_upload()
+            .and_then(|a| a.days_after_initiation())
+            == Some(ABORT_INCOMPLETE_UPLOADS_AFTER_DAYS)
+}
+
+/// Public access block, SSE-S3 default encryption, BucketOwnerEnforced, the lifecycle rule
+/// aborting incomplete uploads (other lifecycle rules of an adopted bucket are kept); returns
+/// true when something had drifted and was corrected.
 async fn enforce_settings(aws: &Aws, s3: &aws_sdk_s3::Client, bucket: &str) -> Result<bool> {
     let mut corrected = false;
     let want_pab = public_access_block();
@@ -303,6 +341,42 @@ async fn enforce_settings(aws: &Aws, s3: &aws_sdk_s3::Client, bucket: &str) -> R
             s3.put_bucket_ownership_controls()
                 .bucket(bucket)
                 .ownership_controls(controls)
+                .send()
+                .await,
+        )?;
+        corrected = true;
+    }
+
+    let rules = match aws.track(
+        "s3",
+        "GetBucketLifecycleConfiguration",
+        bucket,
+        s3.get_bucket_lifecycle_configuration()
+            .bucket(bucket)
+            .send()
+            .await,
+    ) {
+        Ok(out) => out.rules.unwrap_or_default(),
+        Err(e) if error_code(&e) == Some("NoSuchLifecycleConfiguration") => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    if !rules.iter().any(is_abort_rule) {
+        let mut keep: Vec<LifecycleRule> = rules
+            .into_iter()
+            .filter(|r| r.id() != Some(LIFECYCLE_RULE_ID))
+            .collect();
+        keep.push(abort_incomplete_uploads_rule()?);
+        let conf = BucketLifecycleConfiguration::builder()
+            .set_rules(Some(keep))
+            .build()
+            .map_err(build_err("BucketLifecycleConfiguration"))?;
+        aws.track(
+            "s3",
+            "PutBucketLifecycleConfiguration",
+            bucket,
+            s3.put_bucket_lifecycle_configuration()
+                .bucket(bucket)
+                .lifecycle_configuration(conf)
                 .send()
                 .await,
         )?;
@@ -463,6 +537,14 @@ mod tests {
                 own.ownership_controls.unwrap().rules()[0].object_ownership(),
                 &ObjectOwnership::BucketOwnerEnforced
             );
+            let lc = s3
+                .get_bucket_lifecycle_configuration()
+                .bucket(bucket)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(lc.rules().len(), 1);
+            assert!(is_abort_rule(&lc.rules()[0]), "{:?}", lc.rules());
         }
         assert_eq!(
             ensure_bucket(
@@ -476,9 +558,15 @@ mod tests {
             .unwrap(),
             Change::Unchanged
         );
-        // Someone removes the public access block: the next resync restores it.
+        // Someone removes the public access block and the lifecycle rules: the next resync
+        // restores them.
         let s3 = aws.s3("eu-west-3");
         s3.delete_public_access_block()
+            .bucket("acme-metrics")
+            .send()
+            .await
+            .unwrap();
+        s3.delete_bucket_lifecycle()
             .bucket("acme-metrics")
             .send()
             .await
@@ -505,6 +593,13 @@ mod tests {
             pab.public_access_block_configuration,
             Some(public_access_block())
         );
+        let lc = s3
+            .get_bucket_lifecycle_configuration()
+            .bucket("acme-metrics")
+            .send()
+            .await
+            .unwrap();
+        assert!(lc.rules().iter().any(is_abort_rule), "{:?}", lc.rules());
     }
 
     #[tokio::test]
@@ -530,12 +625,43 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("Adopt"), "{err}");
+        // The user's own lifecycle rule survives adoption beside the operator's.
+        let theirs = LifecycleRule::builder()
+            .id("expire-tmp")
+            .status(ExpirationStatus::Enabled)
+            .filter(LifecycleRuleFilter::builder().prefix("tmp/").build())
+            .expiration(
+                aws_sdk_s3::types::LifecycleExpiration::builder()
+                    .days(7)
+                    .build(),
+            )
+            .build()
+            .unwrap();
+        s3.put_bucket_lifecycle_configuration()
+            .bucket("legacy")
+            .lifecycle_configuration(
+                BucketLifecycleConfiguration::builder()
+                    .rules(theirs)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
         assert_eq!(
             ensure_bucket(&aws, "eu-west-3", "legacy", BucketMode::Adopt, "ns/c")
                 .await
                 .unwrap(),
             Change::Updated
         );
+        let lc = s3
+            .get_bucket_lifecycle_configuration()
+            .bucket("legacy")
+            .send()
+            .await
+            .unwrap();
+        let ids: Vec<_> = lc.rules().iter().filter_map(|r| r.id()).collect();
+        assert_eq!(ids, ["expire-tmp", LIFECYCLE_RULE_ID]);
         // Another cluster cannot adopt it in turn.
         let err = ensure_bucket(&aws, "eu-west-3", "legacy", BucketMode::Adopt, "ns/other")
             .await
