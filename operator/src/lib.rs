@@ -123,6 +123,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub mod aws;
 pub mod controller;
 pub mod crd;
+pub mod leader;
 pub mod metrics;
 pub mod render;
 pub mod workloads;

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub aws_requests: Family<AwsLabels, Counter>,
     /// MimirClusters by phase.
     pub clusters: Family<PhaseLabels, Gauge>,
+    /// 1 while this replica holds the leader lease (or runs without leader election), else 0.
+    pub leader: Gauge,
     /// Phase of each known cluster, to keep `clusters` consistent as phases change.
     phases: Mutex<std::collections::HashMap<String, String>>,
 }
@@ -81,12 +83,19 @@ impl Metrics {
         );
         let clusters = Family::<PhaseLabels, Gauge>::default();
         registry.register("clusters", "MimirClusters by phase", clusters.clone());
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica is the one reconciling (holds the leader lease)",
+            leader.clone(),
+        );
         Metrics {
             registry,
             reconciles,
             reconcile_duration,
             aws_requests,
             clusters,
+            leader,
             phases: Mutex::default(),
         }
     }

@@ -4,7 +4,8 @@
 //! ServiceAccount, StatefulSets, Services, ConfigMap; change the compactor's size and replicas →
 //! the StatefulSet follows; edit the trust policy in moto → corrected on a resync; delete with
 //! `Retain` → bucket and objects remain; with `Delete` → bucket and role are gone; an invalid
-//! spec → refused or a failed condition naming the field, and no bucket or role in moto.
+//! spec → refused or a failed condition naming the field, and no bucket or role in moto. A
+//! second test runs two replicas: one leader reconciles, the other takes over when it dies.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -674,4 +675,151 @@ async fn operator_provisions_corrects_drift_and_deletes_against_fake_apiserver_a
         "no role created for the invalid spec"
     );
     eprintln!("whole test: {:?}", started.elapsed());
+}
+
+/// Starts one `rimir-operator run` replica named `pod` with short leader-election timings;
+/// returns it and the URL of its `/metrics`.
+fn start_replica(env: &Env, moto: &MotoServer, pod: &str) -> (ChildGuard, String) {
+    let log = std::fs::File::create(env.dir.path().join(format!("{pod}.log"))).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(workspace_bin("rimir-operator"))
+        .args([
+            "run",
+            "--aws-endpoint-url",
+            &moto.endpoint(),
+            "--resync-interval",
+            "2s",
+            "--metrics-address",
+            &addr,
+            "--leader-election-namespace",
+            NS,
+            "--leader-election-lease-duration",
+            "3s",
+            "--leader-election-renew-deadline",
+            "2s",
+            "--leader-election-retry-period",
+            "500ms",
+        ])
+        .env("KUBECONFIG", &env.kubeconfig)
+        .env("POD_NAME", pod)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .envs(child_env())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn rimir-operator");
+    (ChildGuard(child), format!("http://{addr}/metrics"))
+}
+
+/// A sample of an operator's metrics, `None` while it does not answer.
+fn operator_metric(url: &str, name: &str) -> Option<f64> {
+    let (code, text) = rimir_e2e::rimir::get(url);
+    if code != 200 {
+        return None;
+    }
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
+    let moto = MotoServer::shared();
+    let s3 = moto.s3_client();
+    let env = start_apiserver();
+    env.kubectl_ok(
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../crds/mimirclusters.rimir.io.yaml"
+            ),
+        ],
+        None,
+    );
+    env.kubectl_ok(&["create", "namespace", NS], None);
+    let holder = || {
+        env.get("leases", "rimir-operator")
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+    };
+    let (a, a_metrics) = start_replica(&env, &moto, "operator-a");
+    env.wait_for("operator-a holds the lease", || async {
+        match holder() {
+            Some(h) if h == "operator-a" => Ok(()),
+            other => Err(format!("holder {other:?}")),
+        }
+    })
+    .await;
+    let (_b, b_metrics) = start_replica(&env, &moto, "operator-b");
+    env.wait_for("operator-b up as a follower", || async {
+        let gauge = operator_metric(&b_metrics, "rimir_operator_leader");
+        if gauge == Some(0.0) {
+            Ok(())
+        } else {
+            Err(format!("leader gauge {gauge:?}"))
+        }
+    })
+    .await;
+
+    // Only the leader reconciles.
+    let bucket = unique("rimir-e2e-leader-a");
+    env.kubectl_ok(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&sample(
+            "first",
+            &bucket,
+            &unique("rimir-e2e-leader-a"),
+            |_| {},
+        )),
+    );
+    env.wait_ready("first").await;
+    assert!(bucket_exists(&s3, &bucket).await);
+    assert_eq!(
+        operator_metric(&a_metrics, "rimir_operator_leader"),
+        Some(1.0)
+    );
+    assert_eq!(
+        operator_metric(&b_metrics, "rimir_operator_reconciles_total"),
+        Some(0.0),
+        "the follower reconciled nothing"
+    );
+
+    // The leader dies without releasing the lease: the follower takes over once it expires.
+    let killed = Instant::now();
+    drop(a);
+    env.wait_for("operator-b takes the lease", || async {
+        match holder() {
+            Some(h) if h == "operator-b" => Ok(()),
+            other => Err(format!("holder {other:?}")),
+        }
+    })
+    .await;
+    eprintln!(
+        "failover: {:?} after the leader was killed",
+        killed.elapsed()
+    );
+    let lease = env.get("leases", "rimir-operator").unwrap();
+    assert_eq!(lease["spec"]["leaseTransitions"], 1, "{lease}");
+    let bucket2 = unique("rimir-e2e-leader-b");
+    env.kubectl_ok(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&sample(
+            "second",
+            &bucket2,
+            &unique("rimir-e2e-leader-b"),
+            |_| {},
+        )),
+    );
+    env.wait_ready("second").await;
+    assert!(bucket_exists(&s3, &bucket2).await);
+    assert_eq!(
+        operator_metric(&b_metrics, "rimir_operator_leader"),
+        Some(1.0)
+    );
 }
