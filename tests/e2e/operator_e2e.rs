@@ -767,19 +767,23 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
     })
     .await;
 
+    // A MimirCluster applied now is provisioned (by whichever replica leads), with its bucket.
+    let provisioned = |name: &'static str| {
+        let (env, s3) = (&env, &s3);
+        async move {
+            let bucket = unique(&format!("rimir-e2e-{name}"));
+            let role = unique(&format!("rimir-e2e-{name}"));
+            env.kubectl_ok(
+                &["apply", "--server-side", "-f", "-"],
+                Some(&sample(name, &bucket, &role, |_| {})),
+            );
+            env.wait_ready(name).await;
+            assert!(bucket_exists(s3, &bucket).await, "bucket of {name}");
+        }
+    };
+
     // Only the leader reconciles.
-    let bucket = unique("rimir-e2e-leader-a");
-    env.kubectl_ok(
-        &["apply", "--server-side", "-f", "-"],
-        Some(&sample(
-            "first",
-            &bucket,
-            &unique("rimir-e2e-leader-a"),
-            |_| {},
-        )),
-    );
-    env.wait_ready("first").await;
-    assert!(bucket_exists(&s3, &bucket).await);
+    provisioned("first").await;
     assert_eq!(
         operator_metric(&a_metrics, "rimir_operator_leader"),
         Some(1.0)
@@ -806,18 +810,7 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
     );
     let lease = env.get("leases", "rimir-operator").unwrap();
     assert_eq!(lease["spec"]["leaseTransitions"], 1, "{lease}");
-    let bucket2 = unique("rimir-e2e-leader-b");
-    env.kubectl_ok(
-        &["apply", "--server-side", "-f", "-"],
-        Some(&sample(
-            "second",
-            &bucket2,
-            &unique("rimir-e2e-leader-b"),
-            |_| {},
-        )),
-    );
-    env.wait_ready("second").await;
-    assert!(bucket_exists(&s3, &bucket2).await);
+    provisioned("second").await;
     assert_eq!(
         operator_metric(&b_metrics, "rimir_operator_leader"),
         Some(1.0)
