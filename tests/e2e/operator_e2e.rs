@@ -150,7 +150,8 @@ fn condition<'a>(mc: &'a Value, type_: &str) -> Option<&'a Value> {
         .find(|c| c["type"] == type_)
 }
 
-/// Starts the fake API server (with simulated workloads) and waits until kubectl reaches it.
+/// Starts the fake API server (with simulated workloads), waits until kubectl reaches it, then
+/// applies the MimirCluster CRD and creates the test namespace.
 fn start_apiserver() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
@@ -174,6 +175,12 @@ fn start_apiserver() -> Env {
     loop {
         let written = std::fs::read_to_string(&env.kubeconfig).is_ok_and(|k| k.contains("server:"));
         if written && env.kubectl(&["get", "namespaces"], None).0 {
+            let crd = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../crds/mimirclusters.rimir.io.yaml"
+            );
+            env.kubectl_ok(&["apply", "--server-side", "-f", crd], None);
+            env.kubectl_ok(&["create", "namespace", NS], None);
             return env;
         }
         if start.elapsed() > Duration::from_secs(20) {
@@ -340,19 +347,6 @@ async fn operator_provisions_corrects_drift_and_deletes_against_fake_apiserver_a
     let s3 = moto.s3_client();
     let iam = aws_sdk_iam::Client::new(&moto.sdk_config());
     let mut env = start_apiserver();
-    env.kubectl_ok(
-        &[
-            "apply",
-            "--server-side",
-            "-f",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../crds/mimirclusters.rimir.io.yaml"
-            ),
-        ],
-        None,
-    );
-    env.kubectl_ok(&["create", "namespace", NS], None);
     start_operator(&mut env, &moto);
 
     // 1. Apply the sample (unique bucket and role) → everything exists.
@@ -731,19 +725,6 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over_when_it_dies() {
     let moto = MotoServer::shared();
     let s3 = moto.s3_client();
     let env = start_apiserver();
-    env.kubectl_ok(
-        &[
-            "apply",
-            "--server-side",
-            "-f",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../crds/mimirclusters.rimir.io.yaml"
-            ),
-        ],
-        None,
-    );
-    env.kubectl_ok(&["create", "namespace", NS], None);
     let holder = || {
         env.get("leases", "rimir-operator")
             .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
