@@ -235,22 +235,32 @@ fn is_abort_rule(r: &LifecycleRule) -> bool {
             == Some(ABORT_INCOMPLETE_UPLOADS_AFTER_DAYS)
 }
 
+/// The answer of a `Get…` call for a bucket setting, `None` when S3 answers with `missing`
+/// (the setting was never put or was deleted).
+fn setting<T>(answer: Result<T>, missing: &str) -> Result<Option<T>> {
+    match answer {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if error_code(&e) == Some(missing) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Public access block, SSE-S3 default encryption, BucketOwnerEnforced, the lifecycle rule
 /// aborting incomplete uploads (other lifecycle rules of an adopted bucket are kept); returns
 /// true when something had drifted and was corrected.
 async fn enforce_settings(aws: &Aws, s3: &aws_sdk_s3::Client, bucket: &str) -> Result<bool> {
     let mut corrected = false;
     let want_pab = public_access_block();
-    let pab = match aws.track(
-        "s3",
-        "GetPublicAccessBlock",
-        bucket,
-        s3.get_public_access_block().bucket(bucket).send().await,
-    ) {
-        Ok(out) => out.public_access_block_configuration,
-        Err(e) if error_code(&e) == Some("NoSuchPublicAccessBlockConfiguration") => None,
-        Err(e) => return Err(e),
-    };
+    let pab = setting(
+        aws.track(
+            "s3",
+            "GetPublicAccessBlock",
+            bucket,
+            s3.get_public_access_block().bucket(bucket).send().await,
+        ),
+        "NoSuchPublicAccessBlockConfiguration",
+    )?
+    .and_then(|out| out.public_access_block_configuration);
     if pab.as_ref() != Some(&want_pab) {
         aws.track(
             "s3",
@@ -265,16 +275,16 @@ async fn enforce_settings(aws: &Aws, s3: &aws_sdk_s3::Client, bucket: &str) -> R
         corrected = true;
     }
 
-    let enc = match aws.track(
-        "s3",
-        "GetBucketEncryption",
-        bucket,
-        s3.get_bucket_encryption().bucket(bucket).send().await,
-    ) {
-        Ok(out) => out.server_side_encryption_configuration,
-        Err(e) if error_code(&e) == Some("ServerSideEncryptionConfigurationNotFoundError") => None,
-        Err(e) => return Err(e),
-    };
+    let enc = setting(
+        aws.track(
+            "s3",
+            "GetBucketEncryption",
+            bucket,
+            s3.get_bucket_encryption().bucket(bucket).send().await,
+        ),
+        "ServerSideEncryptionConfigurationNotFoundError",
+    )?
+    .and_then(|out| out.server_side_encryption_configuration);
     let encrypted = enc.as_ref().is_some_and(|c| {
         c.rules()
             .iter()
@@ -306,19 +316,19 @@ async fn enforce_settings(aws: &Aws, s3: &aws_sdk_s3::Client, bucket: &str) -> R
         corrected = true;
     }
 
-    let owner = match aws.track(
-        "s3",
-        "GetBucketOwnershipControls",
-        bucket,
-        s3.get_bucket_ownership_controls()
-            .bucket(bucket)
-            .send()
-            .await,
-    ) {
-        Ok(out) => out.ownership_controls,
-        Err(e) if error_code(&e) == Some("OwnershipControlsNotFoundError") => None,
-        Err(e) => return Err(e),
-    };
+    let owner = setting(
+        aws.track(
+            "s3",
+            "GetBucketOwnershipControls",
+            bucket,
+            s3.get_bucket_ownership_controls()
+                .bucket(bucket)
+                .send()
+                .await,
+        ),
+        "OwnershipControlsNotFoundError",
+    )?
+    .and_then(|out| out.ownership_controls);
     let enforced = owner.as_ref().is_some_and(|o| {
         o.rules()
             .iter()
@@ -347,19 +357,20 @@ async fn enforce_settings(aws: &Aws, s3: &aws_sdk_s3::Client, bucket: &str) -> R
         corrected = true;
     }
 
-    let rules = match aws.track(
-        "s3",
-        "GetBucketLifecycleConfiguration",
-        bucket,
-        s3.get_bucket_lifecycle_configuration()
-            .bucket(bucket)
-            .send()
-            .await,
-    ) {
-        Ok(out) => out.rules.unwrap_or_default(),
-        Err(e) if error_code(&e) == Some("NoSuchLifecycleConfiguration") => Vec::new(),
-        Err(e) => return Err(e),
-    };
+    let rules = setting(
+        aws.track(
+            "s3",
+            "GetBucketLifecycleConfiguration",
+            bucket,
+            s3.get_bucket_lifecycle_configuration()
+                .bucket(bucket)
+                .send()
+                .await,
+        ),
+        "NoSuchLifecycleConfiguration",
+    )?
+    .and_then(|out| out.rules)
+    .unwrap_or_default();
     if !rules.iter().any(is_abort_rule) {
         let mut keep: Vec<LifecycleRule> = rules
             .into_iter()
