@@ -117,7 +117,8 @@ impl XorChunk {
     }
 
     fn with_layout(compact: bool) -> Self {
-        let mut stream = Vec::with_capacity(128);
+        // Grows by doubling (about 1.5 bytes per sample): a young series' chunk stays small.
+        let mut stream = Vec::with_capacity(32);
         stream.extend_from_slice(&[0, 0]);
         Self {
             stream,
@@ -238,6 +239,16 @@ impl XorChunk {
     /// The chunk data as Prometheus stores it (sample count header and bit stream).
     pub fn bytes(&self) -> &[u8] {
         &self.stream
+    }
+
+    /// Bytes the chunk holds on the heap (its buffer's capacity).
+    pub fn heap_bytes(&self) -> usize {
+        self.stream.capacity()
+    }
+
+    /// The last sample appended, if any.
+    pub fn last(&self) -> Option<(i64, f64)> {
+        (self.num > 0).then(|| (self.t, f64::from_bits(self.v)))
     }
 
     /// The chunk data, consuming the chunk.

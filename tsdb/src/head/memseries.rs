@@ -37,10 +37,9 @@ pub(crate) struct MemSeries {
     pub(crate) labels: LabelKey,
     pub(crate) closed: Vec<ClosedChunk>,
     pub(crate) open: Option<OpenChunk>,
-    /// Latest in-order sample.
-    pub(crate) last: Option<Sample>,
-    /// Late samples (inside the out-of-order window), sorted by time, unique timestamps.
-    pub(crate) ooo: Vec<Sample>,
+    /// Late samples (inside the out-of-order window), sorted by time, unique timestamps; boxed,
+    /// since most series never have any (the out-of-order window is off by default).
+    ooo: Option<Box<Vec<Sample>>>,
 }
 
 /// End of the `range`-wide, epoch-aligned time range holding `t` (chunks never cross it, so a
@@ -55,9 +54,19 @@ impl MemSeries {
             labels: LabelKey::new(labels),
             closed: Vec::new(),
             open: None,
-            last: None,
-            ooo: Vec::new(),
+            ooo: None,
         }
+    }
+
+    /// The latest in-order sample: the open chunk's last one. A series whose open chunk was
+    /// truncated away has no samples left at all (closed chunks are older), so it has none.
+    pub(crate) fn last(&self) -> Option<Sample> {
+        self.open.as_ref().and_then(|o| o.chunk.last())
+    }
+
+    /// The late samples, sorted by time.
+    pub(crate) fn ooo(&self) -> &[Sample] {
+        self.ooo.as_deref().map_or(&[], Vec::as_slice)
     }
 
     /// Stores a sample that passed validation (or comes from the WAL): newer than the latest one
@@ -65,13 +74,14 @@ impl MemSeries {
     /// [`MAX_SAMPLES_PER_CHUNK`] samples, never across a `chunk_range` boundary); older goes to the
     /// out-of-order list; an already stored timestamp is a duplicate.
     pub(crate) fn store(&mut self, t: i64, v: f64, chunk_range: i64) -> Stored {
-        match self.last {
+        match self.last() {
             Some((lt, _)) if t == lt => return Stored::Duplicate,
             Some((lt, _)) if t < lt => {
-                return match self.ooo.binary_search_by_key(&t, |s| s.0) {
+                let ooo = self.ooo.get_or_insert_with(Box::default);
+                return match ooo.binary_search_by_key(&t, |s| s.0) {
                     Ok(_) => Stored::Duplicate,
                     Err(i) => {
-                        self.ooo.insert(i, (t, v));
+                        ooo.insert(i, (t, v));
                         Stored::OutOfOrder
                     }
                 };
@@ -102,7 +112,6 @@ impl MemSeries {
         if let Some(o) = self.open.as_mut() {
             o.chunk.append(t, v);
         }
-        self.last = Some((t, v));
         Stored::InOrder
     }
 
@@ -134,7 +143,7 @@ impl MemSeries {
             chunks.push(o.chunk.bytes().to_vec());
         }
         let ooo = self
-            .ooo
+            .ooo()
             .iter()
             .filter(|s| s.0 >= mint && s.0 <= maxt)
             .copied()
@@ -163,15 +172,20 @@ impl MemSeries {
         {
             dropped += self.open.take().map_or(0, |o| o.chunk.num_samples() as u64);
         }
-        let before = self.ooo.len();
-        self.ooo.retain(|s| s.0 >= t);
-        dropped += (before - self.ooo.len()) as u64;
+        if let Some(ooo) = self.ooo.as_mut() {
+            let before = ooo.len();
+            ooo.retain(|s| s.0 >= t);
+            dropped += (before - ooo.len()) as u64;
+            if ooo.is_empty() {
+                self.ooo = None;
+            }
+        }
         dropped
     }
 
     /// Whether no samples are left.
     pub(crate) fn is_empty(&self) -> bool {
-        self.closed.is_empty() && self.open.is_none() && self.ooo.is_empty()
+        self.closed.is_empty() && self.open.is_none() && self.ooo().is_empty()
     }
 
     /// Earliest stored timestamp.
@@ -181,7 +195,7 @@ impl MemSeries {
             .first()
             .map(|c| c.min_t)
             .or_else(|| self.open.as_ref().and_then(|o| o.chunk.min_time()));
-        match (chunk_min, self.ooo.first()) {
+        match (chunk_min, self.ooo().first()) {
             (Some(a), Some(b)) => Some(a.min(b.0)),
             (a, b) => a.or(b.map(|s| s.0)),
         }
@@ -196,15 +210,11 @@ impl MemSeries {
             .map(|c| std::mem::size_of::<ClosedChunk>() + c.data.len())
             .sum::<usize>()
             + (self.closed.capacity() - self.closed.len()) * std::mem::size_of::<ClosedChunk>();
-        let open = self
-            .open
-            .as_ref()
-            .map_or(0, |o| o.chunk.bytes().len().max(128));
-        std::mem::size_of::<Self>()
-            + labels
-            + closed
-            + open
-            + self.ooo.capacity() * std::mem::size_of::<Sample>()
+        let open = self.open.as_ref().map_or(0, |o| o.chunk.heap_bytes());
+        let ooo = self.ooo.as_ref().map_or(0, |v| {
+            std::mem::size_of::<Vec<Sample>>() + v.capacity() * std::mem::size_of::<Sample>()
+        });
+        std::mem::size_of::<Self>() + labels + closed + open + ooo
     }
 }
 
@@ -289,7 +299,7 @@ mod tests {
             1,
             "the late sample goes, the chunk holding 300 stays"
         );
-        assert_eq!(s.ooo, vec![]);
+        assert!(s.ooo.is_none(), "the emptied late-sample list is freed");
         assert_eq!(s.min_time(), Some(100));
     }
 }

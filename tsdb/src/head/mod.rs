@@ -546,7 +546,7 @@ impl Head {
                         }
                     };
                     let p = pending.entry(r).or_insert_with(|| Pending {
-                        last: existing.and_then(|s| s.last),
+                        last: existing.and_then(MemSeries::last),
                     });
                     let mut rejection: Option<SeriesRejection> = None;
                     for &(t, v) in batch_samples {
@@ -843,10 +843,10 @@ fn check(
     // stored in-order samples at the same timestamp.
     let same_t = existing
         .and_then(|s| {
-            s.ooo
-                .binary_search_by_key(&t, |x| x.0)
+            let ooo = s.ooo();
+            ooo.binary_search_by_key(&t, |x| x.0)
                 .ok()
-                .map(|i| s.ooo[i].1)
+                .map(|i| ooo[i].1)
         })
         .or_else(|| {
             batch
