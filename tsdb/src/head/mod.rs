@@ -844,9 +844,7 @@ fn check(
     let same_t = existing
         .and_then(|s| {
             let ooo = s.ooo();
-            ooo.binary_search_by_key(&t, |x| x.0)
-                .ok()
-                .map(|i| ooo[i].1)
+            ooo.binary_search_by_key(&t, |x| x.0).ok().map(|i| ooo[i].1)
         })
         .or_else(|| {
             batch
