@@ -191,8 +191,17 @@ fn start_apiserver() -> Env {
     }
 }
 
-fn start_operator(env: &mut Env, moto: &MotoServer) {
-    let log = std::fs::File::create(&env.operator_log).unwrap();
+/// Spawns `rimir-operator run` against the fake API server and moto, logging to `log`, with
+/// `extra` arguments and environment; returns it and the URL of its `/metrics`.
+fn spawn_operator(
+    env: &Env,
+    moto: &MotoServer,
+    log: &Path,
+    extra: &[&str],
+    vars: &[(&str, &str)],
+) -> (ChildGuard, String) {
+    let log = std::fs::File::create(log).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
     let child = Command::new(workspace_bin("rimir-operator"))
         .args([
             "run",
@@ -201,17 +210,24 @@ fn start_operator(env: &mut Env, moto: &MotoServer) {
             "--resync-interval",
             "2s",
             "--metrics-address",
-            &format!("127.0.0.1:{}", free_port()),
+            &addr,
         ])
+        .args(extra)
         .env("KUBECONFIG", &env.kubeconfig)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .envs(child_env())
+        .envs(vars.iter().copied())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .expect("spawn rimir-operator");
-    env._operator = Some(ChildGuard(child));
+    (ChildGuard(child), format!("http://{addr}/metrics"))
+}
+
+fn start_operator(env: &mut Env, moto: &MotoServer) {
+    let log = env.operator_log.clone();
+    env._operator = Some(spawn_operator(env, moto, &log, &[], &[]).0);
 }
 
 /// The sample MimirCluster with `name`, a unique bucket and role name, and `edit` applied.
@@ -674,17 +690,11 @@ async fn operator_provisions_corrects_drift_and_deletes_against_fake_apiserver_a
 /// Starts one `rimir-operator run` replica named `pod` with short leader-election timings;
 /// returns it and the URL of its `/metrics`.
 fn start_replica(env: &Env, moto: &MotoServer, pod: &str) -> (ChildGuard, String) {
-    let log = std::fs::File::create(env.dir.path().join(format!("{pod}.log"))).unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(workspace_bin("rimir-operator"))
-        .args([
-            "run",
-            "--aws-endpoint-url",
-            &moto.endpoint(),
-            "--resync-interval",
-            "2s",
-            "--metrics-address",
-            &addr,
+    spawn_operator(
+        env,
+        moto,
+        &env.dir.path().join(format!("{pod}.log")),
+        &[
             "--leader-election-namespace",
             NS,
             "--leader-election-lease-duration",
@@ -693,17 +703,9 @@ fn start_replica(env: &Env, moto: &MotoServer, pod: &str) -> (ChildGuard, String
             "2s",
             "--leader-election-retry-period",
             "500ms",
-        ])
-        .env("KUBECONFIG", &env.kubeconfig)
-        .env("POD_NAME", pod)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .envs(child_env())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("spawn rimir-operator");
-    (ChildGuard(child), format!("http://{addr}/metrics"))
+        ],
+        &[("POD_NAME", pod)],
+    )
 }
 
 /// A sample of an operator's metrics, `None` while it does not answer.
