@@ -1,6 +1,7 @@
 //! Vector-style remote-write clients against `rimir --target=all` with multitenancy: the GET
 //! healthcheck passes, gzip and zstd bodies are accepted, and each `X-Scope-OrgID` tenant's
-//! blocks land under its own prefix in the bucket; SIGTERM then stops the process cleanly.
+//! blocks land under its own prefix in the bucket; SIGTERM then stops the process cleanly. Also
+//! the allocator set-up every `rimir` process starts with.
 
 use std::io::Write;
 
@@ -81,4 +82,52 @@ fn healthcheck_gzip_zstd_and_tenant_prefixes() {
 
     // SIGTERM stops it cleanly (exit status 0).
     rimir.terminate();
+}
+
+/// The binary limits glibc's allocator to two arenas by re-executing itself (same process id)
+/// unless the environment already chose a limit, which it keeps.
+#[test]
+fn rimir_runs_with_two_malloc_arenas_unless_told_otherwise() {
+    let environ = |pid: u32| -> Vec<String> {
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .unwrap()
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let args = |name: &str| {
+        vec![
+            "--target=ingester".to_string(),
+            format!(
+                "--blocks-storage.filesystem.dir={}",
+                tmp.path().join("bucket").display()
+            ),
+            format!(
+                "--blocks-storage.tsdb.dir={}",
+                tmp.path().join(name).display()
+            ),
+        ]
+    };
+    let default = Rimir::start(&args("a"), None, tmp.path(), "a");
+    let chosen = Rimir::start_with_env(
+        &args("b"),
+        None,
+        tmp.path(),
+        "b",
+        &[("MALLOC_ARENA_MAX", "4")],
+    );
+    default.wait_ready();
+    chosen.wait_ready();
+    let env_a = environ(default.pid().unwrap());
+    assert!(
+        env_a.contains(&"MALLOC_ARENA_MAX=2".to_string()),
+        "{env_a:?}"
+    );
+    let env_b = environ(chosen.pid().unwrap());
+    assert!(
+        env_b.contains(&"MALLOC_ARENA_MAX=4".to_string()),
+        "{env_b:?}"
+    );
+    assert!(!env_b.contains(&"MALLOC_ARENA_MAX=2".to_string()));
 }

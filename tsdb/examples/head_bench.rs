@@ -148,11 +148,21 @@ fn main() -> anyhow::Result<()> {
         samples / cpu.max(0.01) / 1e6,
         samples / append_cpu.max(0.001) / 1e6
     );
+    let m = head.memory_usage();
+    let n = head.num_series().max(1);
     println!(
         "head memory: {} bytes/series (memory_bytes), RSS growth {} bytes/series; WAL {:.2} bytes/sample",
-        head.memory_bytes() / head.num_series().max(1),
+        m.total() / n,
         rss_bytes().saturating_sub(rss0) / series as u64,
         wal_bytes as f64 / samples
+    );
+    println!(
+        "  per series: chunks and heap {} + series slots {} + maps {} + postings {} + label strings {}",
+        m.series_heap / n,
+        m.series_slots / n,
+        m.maps / n,
+        m.postings / n,
+        m.symbols / n
     );
     drop(head);
     let started = Instant::now();

@@ -87,11 +87,10 @@ pub struct XorChunk {
     stream: Vec<u8>,
     /// Bits still free in the last byte of `stream`: 0 when the next bit starts a new byte, 8
     /// when the last byte is the empty byte Prometheus 2.x appends after a whole-byte write.
-    free: u32,
+    free: u8,
     /// Write the Prometheus 3 layout (no empty trailing byte).
     compact: bool,
     num: u16,
-    min_t: i64,
     t: i64,
     v: u64,
     t_delta: u64,
@@ -117,7 +116,8 @@ impl XorChunk {
     }
 
     fn with_layout(compact: bool) -> Self {
-        // Grows by doubling (about 1.5 bytes per sample): a young series' chunk stays small.
+        // Starts small and grows by a quarter (see `push`): a head holds one open chunk per
+        // series, so slack in its buffer is paid once per series.
         let mut stream = Vec::with_capacity(32);
         stream.extend_from_slice(&[0, 0]);
         Self {
@@ -125,7 +125,6 @@ impl XorChunk {
             free: 0,
             compact,
             num: 0,
-            min_t: 0,
             t: 0,
             v: 0,
             t_delta: 0,
@@ -138,14 +137,8 @@ impl XorChunk {
     /// exactly as if all samples had been appended to this chunk without interruption.
     pub fn from_bytes(data: Vec<u8>) -> Result<XorChunk, ChunkError> {
         let mut it = decode_xor(&data);
-        let mut min_t = 0;
-        let mut first = true;
         for r in it.by_ref() {
-            let (t, _) = r?;
-            if first {
-                min_t = t;
-                first = false;
-            }
+            r?;
         }
         let end = it.bit_position();
         let len = data.len();
@@ -155,7 +148,7 @@ impl XorChunk {
         // Prometheus 2.x leaves after a whole-byte write ending on a byte boundary.
         let free = match total_bits.checked_sub(end) {
             Some(0) => Some(0),
-            Some(pad @ 1..=7) if last & ((1u8 << pad) - 1) == 0 => Some(pad as u32),
+            Some(pad @ 1..=7) if last & ((1u8 << pad) - 1) == 0 => Some(pad as u8),
             Some(8) if last == 0 && it.total > 0 => Some(8),
             _ => None,
         };
@@ -169,7 +162,6 @@ impl XorChunk {
             free,
             compact: false,
             num: it.total,
-            min_t,
             t: it.t,
             v: it.v,
             t_delta: it.t_delta,
@@ -199,7 +191,6 @@ impl XorChunk {
             0 => {
                 self.write_uvarint(((t << 1) ^ (t >> 63)) as u64);
                 self.write_bits(vbits, 64);
-                self.min_t = t;
             }
             1 => {
                 t_delta = t.wrapping_sub(self.t) as u64;
@@ -261,9 +252,13 @@ impl XorChunk {
         decode_xor(&self.stream)
     }
 
-    /// Timestamp of the first sample, `None` when empty.
+    /// Timestamp of the first sample, `None` when empty (decoded: it is the stream's first
+    /// field, and keeping it would cost every open chunk of the head 8 bytes).
     pub fn min_time(&self) -> Option<i64> {
-        (self.num > 0).then_some(self.min_t)
+        if self.num == 0 {
+            return None;
+        }
+        decode_xor(&self.stream).next()?.ok().map(|(t, _)| t)
     }
 
     /// Timestamp of the last sample, `None` when empty.
@@ -310,7 +305,7 @@ impl XorChunk {
     fn write_bits(&mut self, v: u64, n: u32) {
         self.write_raw(v, n);
         if !self.compact && n.is_multiple_of(8) && self.free == 0 {
-            self.stream.push(0);
+            self.push(0);
             self.free = 8;
         }
     }
@@ -323,24 +318,35 @@ impl XorChunk {
         if self.free > 0 {
             let free = self.free;
             if let Some(last) = self.stream.last_mut() {
-                if n <= free {
-                    *last |= (v << (free - n)) as u8;
-                    self.free -= n;
+                if n <= u32::from(free) {
+                    *last |= (v << (u32::from(free) - n)) as u8;
+                    self.free -= n as u8;
                     return;
                 }
-                *last |= (v >> (n - free)) as u8;
+                *last |= (v >> (n - u32::from(free))) as u8;
             }
-            n -= free;
+            n -= u32::from(free);
             self.free = 0;
         }
         while n >= 8 {
             n -= 8;
-            self.stream.push((v >> n) as u8);
+            self.push((v >> n) as u8);
         }
         if n > 0 {
-            self.stream.push((v << (8 - n)) as u8);
-            self.free = 8 - n;
+            self.push((v << (8 - n)) as u8);
+            self.free = 8 - n as u8;
         }
+    }
+
+    /// Appends a byte, growing the buffer by a quarter rather than doubling it: chunks grow a
+    /// byte or two per sample, and the allocator's size classes are about that fine, so the
+    /// unused tail stays near an eighth of the chunk instead of up to a half.
+    #[inline]
+    fn push(&mut self, b: u8) {
+        if self.stream.len() == self.stream.capacity() {
+            self.stream.reserve_exact((self.stream.len() / 4).max(16));
+        }
+        self.stream.push(b);
     }
 }
 

@@ -6,6 +6,9 @@
 //! `cargo run --release -p rimir-e2e --bin rimir-loadgen -- [--series N] [--rounds N]
 //! [--batch N] [--clients N]` (run `cargo build --release -p rimir-tsdb` first: the rimir binary
 //! is taken from the same target directory).
+//!
+//! `--push-url URL [--pid N]` pushes the same load to a server started by hand instead (to
+//! profile one, e.g. under heaptrack), measuring CPU and RSS of process `N` when given.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -21,6 +24,10 @@ struct Opts {
     rounds: usize,
     batch: usize,
     clients: usize,
+    /// Push to this server only, started by hand.
+    push_url: Option<String>,
+    /// The process behind `push_url`, to measure.
+    pid: Option<u32>,
 }
 
 fn parse_opts() -> Opts {
@@ -29,9 +36,15 @@ fn parse_opts() -> Opts {
         rounds: 30,
         batch: 2_000,
         clients: 4,
+        push_url: None,
+        pid: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
+        if pair[0] == "--push-url" {
+            o.push_url = pair.get(1).cloned();
+            continue;
+        }
         let v: usize = pair
             .get(1)
             .and_then(|v| v.parse().ok())
@@ -41,6 +54,7 @@ fn parse_opts() -> Opts {
             "--rounds" => o.rounds = v,
             "--batch" => o.batch = v,
             "--clients" => o.clients = v,
+            "--pid" => o.pid = Some(v as u32),
             other => panic!("unknown option {other}"),
         }
     }
@@ -266,6 +280,13 @@ fn main() {
     );
     let mut results = Vec::new();
 
+    if let Some(url) = &o.push_url {
+        let pids: Vec<u32> = o.pid.into_iter().collect();
+        results.push(run("given server", url, &pids, &bodies, &o));
+        report(&results, &o);
+        return;
+    }
+
     // (a) single process, RF=1.
     {
         let d = tmp.path().join("a");
@@ -385,6 +406,11 @@ fn main() {
         ));
     }
 
+    report(&results, &o);
+}
+
+/// Prints the table: the last result is the reference the ratios are taken against.
+fn report(results: &[Result], o: &Opts) {
     let prom = results
         .last()
         .map(|r| (r.samples as f64 / r.cpu.max(1e-9), r.rss, r.p99));
@@ -401,7 +427,7 @@ fn main() {
         "vs prom eff",
         "RSS/prom"
     );
-    for r in &results {
+    for r in results {
         let eff = r.samples as f64 / r.cpu.max(1e-9);
         let (pe, prss, _) = prom.unwrap_or((eff, r.rss, r.p99));
         println!(
@@ -418,7 +444,7 @@ fn main() {
             r.rss as f64 / prss.max(1) as f64
         );
     }
-    for r in &results {
+    for r in results {
         let each: Vec<String> = r
             .rss_each
             .iter()

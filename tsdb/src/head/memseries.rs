@@ -2,6 +2,7 @@
 //! an out-of-order window) the samples that arrived late.
 
 use super::labelkey::LabelKey;
+use super::symbols::Symbols;
 use crate::chunkenc::{MAX_SAMPLES_PER_CHUNK, XorChunk, compute_chunk_end_time};
 use crate::labels::Labels;
 use crate::series::{Sample, merge_samples};
@@ -34,8 +35,12 @@ pub(crate) enum Stored {
 
 #[derive(Debug)]
 pub(crate) struct MemSeries {
+    /// The series' reference (in the WAL and the postings).
+    pub(crate) r: u64,
     pub(crate) labels: LabelKey,
-    pub(crate) closed: Vec<ClosedChunk>,
+    /// Full chunks, oldest first; exactly sized (a chunk closes every 120 samples or so, and a
+    /// `Vec` would keep room for four on the first).
+    pub(crate) closed: Box<[ClosedChunk]>,
     pub(crate) open: Option<OpenChunk>,
     /// Late samples (inside the out-of-order window), sorted by time, unique timestamps; boxed,
     /// since most series never have any (the out-of-order window is off by default).
@@ -50,10 +55,12 @@ fn range_end(t: i64, range: i64) -> i64 {
 }
 
 impl MemSeries {
-    pub(crate) fn new(labels: &Labels) -> Self {
+    /// A series without samples; interns its labels in `syms`.
+    pub(crate) fn new(r: u64, labels: &Labels, syms: &mut Symbols) -> Self {
         Self {
-            labels: LabelKey::new(labels),
-            closed: Vec::new(),
+            r,
+            labels: LabelKey::intern(labels, syms),
+            closed: Box::default(),
             open: None,
             ooo: None,
         }
@@ -120,16 +127,27 @@ impl MemSeries {
         let (Some(min_t), Some(max_t)) = (o.chunk.min_time(), o.chunk.max_time()) else {
             return;
         };
-        self.closed.push(ClosedChunk {
+        let mut closed = std::mem::take(&mut self.closed).into_vec();
+        closed.reserve_exact(1);
+        closed.push(ClosedChunk {
             min_t,
             max_t,
             data: o.chunk.into_bytes().into_boxed_slice(),
         });
+        self.closed = closed.into_boxed_slice();
     }
 
-    /// Copies what is needed to read samples in `[mint, maxt]` (chunk bytes, late samples), so
-    /// decoding can happen outside the head's lock.
-    pub(crate) fn snapshot(&self, mint: i64, maxt: i64) -> SeriesSnapshot {
+    /// Copies what is needed to read samples in `[mint, maxt]` (labels, chunk bytes, late
+    /// samples), so decoding can happen outside the head's lock.
+    pub(crate) fn snapshot(&self, mint: i64, maxt: i64, syms: &Symbols) -> SeriesSnapshot {
+        SeriesSnapshot {
+            labels: self.labels.to_labels(syms),
+            ..self.data_snapshot(mint, maxt)
+        }
+    }
+
+    /// [`MemSeries::snapshot`] without the labels.
+    pub(crate) fn data_snapshot(&self, mint: i64, maxt: i64) -> SeriesSnapshot {
         let mut chunks: Vec<Vec<u8>> = self
             .closed
             .iter()
@@ -150,7 +168,7 @@ impl MemSeries {
             .copied()
             .collect();
         SeriesSnapshot {
-            labels: self.labels.to_labels(),
+            labels: Labels::default(),
             chunks,
             ooo,
         }
@@ -159,13 +177,17 @@ impl MemSeries {
     /// Drops chunks and late samples entirely before `t`; returns how many samples went.
     pub(crate) fn truncate_before(&mut self, t: i64) -> u64 {
         let mut dropped = 0u64;
-        self.closed.retain(|c| {
-            let keep = c.max_t >= t;
-            if !keep {
-                dropped += u64::from(u16::from_be_bytes([c.data[0], c.data[1]]));
-            }
-            keep
-        });
+        if self.closed.iter().any(|c| c.max_t < t) {
+            let mut closed = std::mem::take(&mut self.closed).into_vec();
+            closed.retain(|c| {
+                let keep = c.max_t >= t;
+                if !keep {
+                    dropped += u64::from(u16::from_be_bytes([c.data[0], c.data[1]]));
+                }
+                keep
+            });
+            self.closed = closed.into_boxed_slice();
+        }
         if self
             .open
             .as_ref()
@@ -202,20 +224,20 @@ impl MemSeries {
         }
     }
 
-    /// Heap and inline bytes this series holds (labels, chunks, late samples).
-    pub(crate) fn memory_bytes(&self) -> usize {
+    /// Heap bytes this series holds (labels, chunks, late samples); its inline size is counted
+    /// with the map holding it.
+    pub(crate) fn heap_bytes(&self) -> usize {
         let labels = self.labels.heap_bytes();
         let closed: usize = self
             .closed
             .iter()
             .map(|c| std::mem::size_of::<ClosedChunk>() + c.data.len())
-            .sum::<usize>()
-            + (self.closed.capacity() - self.closed.len()) * std::mem::size_of::<ClosedChunk>();
+            .sum::<usize>();
         let open = self.open.as_ref().map_or(0, |o| o.chunk.heap_bytes());
         let ooo = self.ooo.as_ref().map_or(0, |v| {
             std::mem::size_of::<Vec<Sample>>() + v.capacity() * std::mem::size_of::<Sample>()
         });
-        std::mem::size_of::<Self>() + labels + closed + open + ooo
+        labels + closed + open + ooo
     }
 }
 
@@ -268,7 +290,7 @@ mod tests {
 
     #[test]
     fn chunks_are_cut_near_120_samples_and_at_range_boundaries() {
-        let mut s = MemSeries::new(&Labels::default());
+        let mut s = MemSeries::new(1, &Labels::default(), &mut Symbols::default());
         // 15 s scrape over 4 hours: 960 samples, two 2h ranges.
         for i in 0..960 {
             assert_eq!(s.store(i * 15_000, i as f64, H2), Stored::InOrder);
@@ -281,19 +303,19 @@ mod tests {
         sizes.push(s.open.as_ref().unwrap().chunk.num_samples() as u16);
         assert_eq!(sizes, vec![120; 8]);
         assert!(s.closed.iter().all(|c| c.min_t / H2 == c.max_t / H2));
-        let snap = s.snapshot(0, i64::MAX);
+        let snap = s.data_snapshot(0, i64::MAX);
         assert_eq!(snap.samples(0, i64::MAX).len(), 960);
     }
 
     #[test]
     fn late_samples_merge_and_duplicates_are_not_stored_twice() {
-        let mut s = MemSeries::new(&Labels::default());
+        let mut s = MemSeries::new(1, &Labels::default(), &mut Symbols::default());
         assert_eq!(s.store(100, 1.0, H2), Stored::InOrder);
         assert_eq!(s.store(300, 3.0, H2), Stored::InOrder);
         assert_eq!(s.store(200, 2.0, H2), Stored::OutOfOrder);
         assert_eq!(s.store(200, 9.0, H2), Stored::Duplicate);
         assert_eq!(s.store(300, 9.0, H2), Stored::Duplicate);
-        let got = s.snapshot(0, 1000).samples(0, 1000);
+        let got = s.data_snapshot(0, 1000).samples(0, 1000);
         assert_eq!(got, vec![(100, 1.0), (200, 2.0), (300, 3.0)]);
         assert_eq!(
             s.truncate_before(250),

@@ -9,6 +9,8 @@
 mod labelkey;
 mod memseries;
 mod postings;
+mod slab;
+mod symbols;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -20,9 +22,11 @@ use thiserror::Error;
 use crate::labels::{DisplayRefs, LabelRef, Labels, Matcher};
 use crate::series::{Sample, Series};
 use crate::wal::{Corruption, Record, RefSample, RefSeries, Wal, WalError, WalOptions};
-use labelkey::{LabelKey, hash_packed, pack};
+use labelkey::{hash_packed, pack};
 use memseries::{MemSeries, Stored};
 use postings::Postings;
+use slab::Slab;
+use symbols::Symbols;
 
 /// Default width of the aligned time ranges chunks never cross: Mimir's 2h block range.
 pub const DEFAULT_CHUNK_RANGE_MS: i64 = 2 * 3600 * 1000;
@@ -147,6 +151,29 @@ impl AppendSummary {
     }
 }
 
+/// Where a head's memory goes (see [`Head::memory_usage`]), in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeadMemory {
+    /// What the series hold on the heap: chunk bytes, late samples, labels too long to keep
+    /// inline.
+    pub series_heap: usize,
+    /// The slab pages holding the series themselves.
+    pub series_slots: usize,
+    /// The maps from series reference and from label hash to slot.
+    pub maps: usize,
+    /// The inverted index.
+    pub postings: usize,
+    /// The label strings, each held once.
+    pub symbols: usize,
+}
+
+impl HeadMemory {
+    /// All parts together.
+    pub fn total(&self) -> usize {
+        self.series_heap + self.series_slots + self.maps + self.postings + self.symbols
+    }
+}
+
 /// What replaying the WAL on open found.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayReport {
@@ -193,14 +220,19 @@ type RefMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<RefHasher>>;
 /// The in-memory state, under one reader-writer lock.
 #[derive(Debug, Default)]
 struct HeadData {
-    series: RefMap<MemSeries>,
-    /// Series reference by label hash: the first series with that hash.
-    by_hash: RefMap<u64>,
+    /// The series, each in a slot of the slab.
+    series: Slab<MemSeries>,
+    /// Slot of each series reference.
+    by_ref: RefMap<u32>,
+    /// Slot by label hash: the first series with that hash.
+    by_hash: RefMap<u32>,
     /// Further series whose label hash collides with an entry of `by_hash` (practically empty).
-    collisions: RefMap<Vec<u64>>,
+    collisions: RefMap<Vec<u32>>,
     /// WAL references of duplicate series records, mapped to the series they name.
     aliases: RefMap<u64>,
     postings: Postings,
+    /// The label strings of all series, each once.
+    symbols: Symbols,
     num_samples: u64,
     min_time: Option<i64>,
     max_time: Option<i64>,
@@ -209,28 +241,39 @@ struct HeadData {
 }
 
 impl HeadData {
-    /// The series with exactly these labels (packed, see [`pack`]), found by their hash.
-    fn lookup(&self, packed: &[u8], hash: u64) -> Option<(u64, &MemSeries)> {
-        self.lookup_by(hash, |k| k.is(packed))
+    /// The series with reference `r` (not following aliases).
+    fn get(&self, r: u64) -> Option<&MemSeries> {
+        self.series.get(*self.by_ref.get(&r)?)
     }
 
-    fn lookup_by(&self, hash: u64, eq: impl Fn(&LabelKey) -> bool) -> Option<(u64, &MemSeries)> {
+    /// [`HeadData::get`], following an alias first.
+    fn get_mut_aliased(&mut self, r: u64) -> Option<&mut MemSeries> {
+        let r = self.aliases.get(&r).copied().unwrap_or(r);
+        self.series.get_mut(*self.by_ref.get(&r)?)
+    }
+
+    /// The series with exactly these labels (packed, see [`pack`]), found by their hash.
+    fn lookup(&self, packed: &[u8], hash: u64) -> Option<(u64, &MemSeries)> {
+        let is = |s: &&MemSeries| s.labels.is(packed, &self.symbols);
         let first = *self.by_hash.get(&hash)?;
-        if let Some(s) = self.series.get(&first).filter(|s| eq(&s.labels)) {
-            return Some((first, s));
+        if let Some(s) = self.series.get(first).filter(is) {
+            return Some((s.r, s));
         }
-        self.collisions.get(&hash)?.iter().find_map(|r| {
-            self.series
-                .get(r)
-                .filter(|s| eq(&s.labels))
-                .map(|s| (*r, s))
-        })
+        self.collisions
+            .get(&hash)?
+            .iter()
+            .find_map(|&slot| self.series.get(slot).filter(is).map(|s| (s.r, s)))
     }
 
     fn remove_series_hashed(&mut self, r: u64, hash: u64) {
-        self.series.remove(&r);
+        let Some(slot) = self.by_ref.remove(&r) else {
+            return;
+        };
+        if let Some(s) = self.series.remove(slot) {
+            s.labels.release(&mut self.symbols);
+        }
         let others = self.collisions.get_mut(&hash);
-        if self.by_hash.get(&hash) == Some(&r) {
+        if self.by_hash.get(&hash) == Some(&slot) {
             match others.and_then(|o| o.pop()) {
                 Some(next) => {
                     self.by_hash.insert(hash, next);
@@ -240,7 +283,7 @@ impl HeadData {
                 }
             }
         } else if let Some(o) = others {
-            o.retain(|x| *x != r);
+            o.retain(|x| *x != slot);
         }
         if self.collisions.get(&hash).is_some_and(|o| o.is_empty()) {
             self.collisions.remove(&hash);
@@ -249,41 +292,42 @@ impl HeadData {
 
     /// Adds a series under `r`; when the labels already have a series, `r` becomes its alias.
     fn insert_series(&mut self, r: u64, labels: &Labels) -> bool {
-        let series = MemSeries::new(labels);
-        let hash = series.labels.hash();
-        self.insert_series_hashed(r, labels, series, hash)
+        let mut packed = Vec::with_capacity(128);
+        pack(&labels.refs(), &mut packed);
+        self.insert_series_packed(r, labels, &packed, hash_packed(&packed))
     }
 
-    fn insert_series_hashed(
-        &mut self,
-        r: u64,
-        labels: &Labels,
-        series: MemSeries,
-        hash: u64,
-    ) -> bool {
-        if let Some((existing, _)) = self.lookup_by(hash, |k| *k == series.labels) {
+    /// [`HeadData::insert_series`] of labels already packed and hashed.
+    fn insert_series_packed(&mut self, r: u64, labels: &Labels, packed: &[u8], hash: u64) -> bool {
+        if let Some((existing, _)) = self.lookup(packed, hash) {
             if existing != r {
                 self.aliases.insert(r, existing);
             }
             return false;
         }
+        if self.by_ref.contains_key(&r) {
+            // The same reference with other labels: a corrupt WAL. Keep the first.
+            return false;
+        }
+        let slot = self
+            .series
+            .insert(MemSeries::new(r, labels, &mut self.symbols));
+        self.by_ref.insert(r, slot);
         self.postings.add(r, labels);
         match self.by_hash.entry(hash) {
             std::collections::hash_map::Entry::Occupied(_) => {
-                self.collisions.entry(hash).or_default().push(r)
+                self.collisions.entry(hash).or_default().push(slot)
             }
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(r);
+                v.insert(slot);
             }
         }
-        self.series.insert(r, series);
         true
     }
 
     /// Stores a sample that was validated (or is replayed); returns what happened.
     fn store(&mut self, r: u64, t: i64, v: f64, chunk_range: i64) -> Option<Stored> {
-        let r = self.aliases.get(&r).copied().unwrap_or(r);
-        let s = self.series.get_mut(&r)?;
+        let s = self.get_mut_aliased(r)?;
         let stored = s.store(t, v, chunk_range);
         if stored != Stored::Duplicate {
             self.note_stored(t, t, 1);
@@ -295,9 +339,7 @@ impl HeadData {
     fn store_all(&mut self, samples: &[RefSample], chunk_range: i64) {
         let (mut n, mut min, mut max) = (0u64, i64::MAX, i64::MIN);
         for run in samples.chunk_by(|a, b| a.series_ref == b.series_ref) {
-            let r = run[0].series_ref;
-            let r = self.aliases.get(&r).copied().unwrap_or(r);
-            let Some(s) = self.series.get_mut(&r) else {
+            let Some(s) = self.get_mut_aliased(run[0].series_ref) else {
                 continue;
             };
             for x in run {
@@ -479,34 +521,36 @@ impl Head {
             pending.reserve(batch.len());
             let mut samples: Vec<RefSample> =
                 Vec::with_capacity(batch.iter().map(|b| b.1.len()).sum());
+            let mut packed: Vec<u8> = Vec::with_capacity(batch.len() * 112);
+            let mut ends: Vec<usize> = Vec::with_capacity(batch.len());
+            for (l, _) in batch {
+                pack(l, &mut packed);
+                ends.push(packed.len());
+            }
+            let key = |i: usize| {
+                let start = if i == 0 { 0 } else { ends[i - 1] };
+                &packed[start..ends[i]]
+            };
+            // Batch index of each new series.
+            let mut new_index: Vec<usize> = Vec::new();
             {
                 let data = read(&self.data);
                 // Most series exist. Their lookups are cache misses (label hash → reference →
-                // series → packed labels); done as passes of independent iterations over the
+                // series → label symbols); done as passes of independent iterations over the
                 // batch, the processor overlaps the misses instead of waiting on each in turn.
-                let mut packed: Vec<u8> = Vec::with_capacity(batch.len() * 112);
-                let mut ends: Vec<usize> = Vec::with_capacity(batch.len());
-                for (l, _) in batch {
-                    pack(l, &mut packed);
-                    ends.push(packed.len());
-                }
-                let key = |i: usize| {
-                    let start = if i == 0 { 0 } else { ends[i - 1] };
-                    &packed[start..ends[i]]
-                };
                 let hashes: Vec<u64> = (0..batch.len()).map(|i| hash_packed(key(i))).collect();
-                let firsts: Vec<Option<u64>> = hashes
+                let firsts: Vec<Option<u32>> = hashes
                     .iter()
                     .map(|h| data.by_hash.get(h).copied())
                     .collect();
                 let found: Vec<Option<(u64, &MemSeries)>> = firsts
                     .iter()
-                    .map(|r| r.and_then(|r| data.series.get(&r).map(|s| (r, s))))
+                    .map(|slot| slot.and_then(|slot| data.series.get(slot).map(|s| (s.r, s))))
                     .collect();
                 let found: Vec<Option<(u64, &MemSeries)>> = found
                     .into_iter()
                     .enumerate()
-                    .map(|(i, f)| f.filter(|(_, s)| s.labels.is(key(i))))
+                    .map(|(i, f)| f.filter(|(_, s)| s.labels.is(key(i), &data.symbols)))
                     .collect();
                 for (index, &(labels, batch_samples)) in batch.iter().enumerate() {
                     if batch_samples.is_empty() {
@@ -536,6 +580,7 @@ impl Head {
                                     app.next_ref += 1;
                                     new_by_hash.entry(hash).or_default().push(new_series.len());
                                     new_hashes.push(hash);
+                                    new_index.push(index);
                                     new_series.push(RefSeries {
                                         series_ref: r,
                                         labels: Labels::from_refs(labels),
@@ -610,9 +655,8 @@ impl Head {
             for rec in records {
                 match rec {
                     Record::Series(s) => {
-                        for (s, hash) in s.into_iter().zip(&new_hashes) {
-                            let series = MemSeries::new(&s.labels);
-                            data.insert_series_hashed(s.series_ref, &s.labels, series, *hash);
+                        for ((s, hash), &i) in s.into_iter().zip(&new_hashes).zip(&new_index) {
+                            data.insert_series_packed(s.series_ref, &s.labels, key(i), *hash);
                         }
                     }
                     Record::Samples(s) => data.store_all(&s, self.opts.chunk_range_ms),
@@ -648,17 +692,17 @@ impl Head {
             let data = read(&self.data);
             let candidates: Vec<u64> = match data.postings.select(matchers) {
                 Some(refs) => refs,
-                None => data.series.keys().copied().collect(),
+                None => data.series.iter().map(|(_, s)| s.r).collect(),
             };
             candidates
                 .into_iter()
-                .filter_map(|r| data.series.get(&r))
+                .filter_map(|r| data.get(r))
                 .filter(|s| {
                     matchers
                         .iter()
-                        .all(|m| m.matches(s.labels.get(&m.name).unwrap_or("")))
+                        .all(|m| m.matches(s.labels.get(&m.name, &data.symbols).unwrap_or("")))
                 })
-                .map(|s| s.snapshot(mint, maxt))
+                .map(|s| s.snapshot(mint, maxt, &data.symbols))
                 .collect::<Vec<_>>()
         };
         let mut out: Vec<Series> = snaps
@@ -715,13 +759,20 @@ impl Head {
 
     /// Approximate bytes of memory the head's series, chunks and index use (walks all series).
     pub fn memory_bytes(&self) -> usize {
+        self.memory_usage().total()
+    }
+
+    /// [`Head::memory_bytes`], by part.
+    pub fn memory_usage(&self) -> HeadMemory {
         let data = read(&self.data);
-        let series: usize = data.series.values().map(|s| s.memory_bytes()).sum();
-        // Hash map slots (key + value + control byte), label-hash map, postings entries.
-        let map = data.series.capacity() * (8 + std::mem::size_of::<MemSeries>() + 1);
-        let hashes = data.by_hash.capacity() * (8 + 8 + 1);
-        let labels_total: usize = data.series.values().map(|s| s.labels.pairs().count()).sum();
-        series + map + hashes + labels_total * 8
+        HeadMemory {
+            series_heap: data.series.iter().map(|(_, s)| s.heap_bytes()).sum(),
+            series_slots: data.series.memory_bytes(),
+            // 16-byte slots and a control byte each.
+            maps: (data.by_ref.capacity() + data.by_hash.capacity()) * (16 + 1),
+            postings: data.postings.memory_bytes(),
+            symbols: data.symbols.memory_bytes(),
+        }
     }
 
     /// All series with their samples in `[mint, maxt)`, sorted by labels, for cutting a block.
@@ -732,8 +783,8 @@ impl Head {
         let snaps: Vec<_> = {
             let data = read(&self.data);
             data.series
-                .values()
-                .map(|s| s.snapshot(mint, maxt - 1))
+                .iter()
+                .map(|(_, s)| s.snapshot(mint, maxt - 1, &data.symbols))
                 .collect()
         };
         let mut out: Vec<(Labels, Vec<Sample>)> = snaps
@@ -763,11 +814,14 @@ impl Head {
             let mut dropped = 0u64;
             let mut removed: HashMap<u64, Labels> = HashMap::new();
             let mut removed_hashes: Vec<(u64, u64)> = Vec::new();
-            for (&r, s) in data.series.iter_mut() {
+            let HeadData {
+                series, symbols, ..
+            } = &mut *data;
+            for (_, s) in series.iter_mut() {
                 dropped += s.truncate_before(t);
                 if s.is_empty() {
-                    removed.insert(r, s.labels.to_labels());
-                    removed_hashes.push((r, s.labels.hash()));
+                    removed.insert(s.r, s.labels.to_labels(symbols));
+                    removed_hashes.push((s.r, s.labels.hash(symbols)));
                 }
             }
             for (r, hash) in removed_hashes {
@@ -775,16 +829,16 @@ impl Head {
             }
             data.postings.remove(&removed);
             let HeadData {
-                aliases, series, ..
+                aliases, by_ref, ..
             } = &mut *data;
-            aliases.retain(|_, target| series.contains_key(target));
+            aliases.retain(|_, target| by_ref.contains_key(target));
             data.num_samples -= dropped.min(data.num_samples);
-            data.min_time = data.series.values().filter_map(|s| s.min_time()).min();
-            if data.series.is_empty() {
+            data.min_time = data.series.iter().filter_map(|(_, s)| s.min_time()).min();
+            if data.series.len() == 0 {
                 data.max_time = None;
             }
             let live: HashSet<u64> = data
-                .series
+                .by_ref
                 .keys()
                 .chain(data.aliases.keys())
                 .copied()
@@ -863,7 +917,7 @@ fn check(
 
 /// The in-order sample stored at `t`, if any (decodes the chunk that may hold it).
 fn stored_value_at(s: &MemSeries, t: i64) -> Option<f64> {
-    let snap = s.snapshot(t, t);
+    let snap = s.data_snapshot(t, t);
     snap.samples(t, t).first().map(|x| x.1)
 }
 

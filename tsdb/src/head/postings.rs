@@ -3,12 +3,91 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::encoding::{put_uvarint, uvarint};
 use crate::labels::{Labels, MatchType, Matcher};
 
 /// Label name → value → series references (ascending).
 #[derive(Debug, Default)]
 pub(crate) struct Postings {
-    by_name: BTreeMap<String, BTreeMap<String, Vec<u64>>>,
+    by_name: BTreeMap<String, BTreeMap<String, PostingList>>,
+}
+
+/// One label value's series references, ascending, as uvarint deltas. References are handed
+/// out in increasing order, so adding a series appends a byte or two instead of eight: a series
+/// is in one list per label, which made the lists a tenth of a head's memory.
+#[derive(Debug, Default)]
+struct PostingList {
+    deltas: Vec<u8>,
+    last: u64,
+    len: u32,
+}
+
+impl PostingList {
+    fn from_sorted(refs: impl IntoIterator<Item = u64>) -> Self {
+        let mut l = PostingList::default();
+        for r in refs {
+            l.push(r);
+        }
+        l.deltas.shrink_to_fit();
+        l
+    }
+
+    /// Appends `r`, which must be above every reference held.
+    fn push(&mut self, r: u64) {
+        if self.deltas.len() + 10 > self.deltas.capacity() {
+            // A quarter more, not double: most lists stop growing once their series exist.
+            self.deltas.reserve_exact((self.deltas.len() / 4).max(10));
+        }
+        put_uvarint(&mut self.deltas, r - self.last);
+        self.last = r;
+        self.len += 1;
+    }
+
+    /// Adds `r` anywhere (replay may see references out of order); a no-op when held.
+    fn insert(&mut self, r: u64) {
+        if self.len == 0 || r > self.last {
+            self.push(r);
+            return;
+        }
+        let mut all = self.to_vec();
+        if let Err(i) = all.binary_search(&r) {
+            all.insert(i, r);
+            *self = PostingList::from_sorted(all);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        let mut rest = self.deltas.as_slice();
+        let mut at = 0u64;
+        std::iter::from_fn(move || {
+            let (d, k) = uvarint(rest)?;
+            rest = &rest[k..];
+            at += d;
+            Some(at)
+        })
+    }
+
+    fn to_vec(&self) -> Vec<u64> {
+        let mut v = Vec::with_capacity(self.len as usize);
+        v.extend(self.iter());
+        v
+    }
+
+    /// Keeps the references `keep` accepts.
+    fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        let kept: Vec<u64> = self.iter().filter(|r| keep(*r)).collect();
+        if kept.len() != self.len as usize {
+            *self = PostingList::from_sorted(kept);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.deltas.capacity()
+    }
 }
 
 impl Postings {
@@ -17,19 +96,17 @@ impl Postings {
     /// rare out-of-order insert falls back to a sorted insert.
     pub(crate) fn add(&mut self, r: u64, labels: &Labels) {
         for l in labels.iter() {
-            let list = self
-                .by_name
-                .entry(l.name.clone())
-                .or_default()
-                .entry(l.value.clone())
-                .or_default();
-            match list.last() {
-                Some(&last) if last >= r => {
-                    if let Err(i) = list.binary_search(&r) {
-                        list.insert(i, r);
-                    }
+            let vals = match self.by_name.get_mut(&l.name) {
+                Some(v) => v,
+                None => self.by_name.entry(l.name.clone()).or_default(),
+            };
+            match vals.get_mut(&l.value) {
+                Some(list) => list.insert(r),
+                None => {
+                    let mut list = PostingList::default();
+                    list.push(r);
+                    vals.insert(l.value.clone(), list);
                 }
-                _ => list.push(r),
             }
         }
     }
@@ -48,7 +125,7 @@ impl Postings {
             };
             for v in values {
                 if let Some(list) = vals.get_mut(v) {
-                    list.retain(|r| !removed.contains_key(r));
+                    list.retain(|r| !removed.contains_key(&r));
                     if list.is_empty() {
                         vals.remove(v);
                     }
@@ -58,6 +135,23 @@ impl Postings {
                 self.by_name.remove(name);
             }
         }
+    }
+
+    /// Approximate bytes held: lists, key strings and map entries.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        // A B-tree entry costs about its key and value plus a third for node slack.
+        let entry =
+            |k: &String, v: usize| (std::mem::size_of::<String>() + k.capacity() + v) * 4 / 3;
+        self.by_name
+            .iter()
+            .map(|(n, vals)| {
+                entry(n, std::mem::size_of::<BTreeMap<String, PostingList>>())
+                    + vals
+                        .iter()
+                        .map(|(v, l)| entry(v, l.memory_bytes()))
+                        .sum::<usize>()
+            })
+            .sum()
     }
 
     /// Label names with at least one series, sorted.
@@ -80,7 +174,7 @@ impl Postings {
     pub(crate) fn select(&self, matchers: &[Matcher]) -> Option<Vec<u64>> {
         let mut result: Option<Vec<u64>> = None;
         for m in matchers.iter().filter(|m| !m.matches_empty()) {
-            let lists: Vec<&Vec<u64>> = match (m.kind, self.by_name.get(&m.name)) {
+            let lists: Vec<&PostingList> = match (m.kind, self.by_name.get(&m.name)) {
                 (_, None) => Vec::new(),
                 (MatchType::Equal, Some(vals)) => vals.get(&m.value).into_iter().collect(),
                 (_, Some(vals)) => vals
@@ -102,12 +196,12 @@ impl Postings {
     }
 }
 
-fn union(lists: &[&Vec<u64>]) -> Vec<u64> {
+fn union(lists: &[&PostingList]) -> Vec<u64> {
     match lists {
         [] => Vec::new(),
-        [one] => (*one).clone(),
+        [one] => one.to_vec(),
         _ => {
-            let mut all: Vec<u64> = lists.iter().flat_map(|l| l.iter().copied()).collect();
+            let mut all: Vec<u64> = lists.iter().flat_map(|l| l.iter()).collect();
             all.sort_unstable();
             all.dedup();
             all
@@ -154,8 +248,44 @@ mod tests {
         assert_eq!(p.select(&[Matcher::equal("job", "zzz")]), Some(vec![]));
         let ne = Matcher::new(MatchType::NotEqual, "job", "a").unwrap();
         assert_eq!(p.select(&[ne]), None);
-        p.remove(&HashMap::from([(3, c)]));
+        p.remove(&HashMap::from([(3, c.clone())]));
+        // Out-of-order adds (replay) and re-adds keep lists sorted and unique.
+        p.add(300, &a);
+        p.add(3, &c);
+        p.add(3, &c);
+        p.add(200, &c);
+        assert_eq!(
+            p.select(&[Matcher::equal("job", "a")]),
+            Some(vec![1, 3, 200, 300])
+        );
+        p.remove(&HashMap::from([(3, c.clone()), (200, c)]));
         assert_eq!(p.values("__name__"), vec!["up"]);
         assert_eq!(p.names(), vec!["__name__", "job"]);
+    }
+
+    #[test]
+    fn posting_lists_hold_deltas_of_a_byte_or_two() {
+        let mut l = PostingList::default();
+        let refs: Vec<u64> = (1..=10_000u64).map(|i| i * 3 + (i % 7) * 1000).collect();
+        let mut sorted = refs.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        for &r in &sorted {
+            l.push(r);
+        }
+        assert_eq!(l.to_vec(), sorted);
+        assert!(l.memory_bytes() < sorted.len() * 3, "{}", l.memory_bytes());
+        l.retain(|r| r % 2 == 0);
+        assert_eq!(
+            l.to_vec(),
+            sorted
+                .iter()
+                .copied()
+                .filter(|r| r % 2 == 0)
+                .collect::<Vec<_>>()
+        );
+        // References far apart still round-trip.
+        let wide = PostingList::from_sorted([1, 1 << 40, u64::MAX - 1]);
+        assert_eq!(wide.to_vec(), vec![1, 1 << 40, u64::MAX - 1]);
     }
 }
