@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use hashbrown::HashTable;
 use thiserror::Error;
 
 use crate::labels::{DisplayRefs, LabelRef, Labels, Matcher};
@@ -217,17 +218,32 @@ impl std::hash::Hasher for RefHasher {
 
 type RefMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<RefHasher>>;
 
+/// Hash of a series reference for [`HeadData::by_ref`].
+fn ref_hash(r: u64) -> u64 {
+    hash_packed(&r.to_le_bytes())
+}
+
+/// The half of a label hash [`HeadData::by_hash`] keeps.
+fn hash_upper(hash: u64) -> u32 {
+    (hash >> 32) as u32
+}
+
+/// Hash of a kept half for [`HeadData::by_hash`] (computable again when the table grows).
+fn upper_hash(upper: u32) -> u64 {
+    hash_packed(&upper.to_le_bytes())
+}
+
 /// The in-memory state, under one reader-writer lock.
 #[derive(Debug, Default)]
 struct HeadData {
     /// The series, each in a slot of the slab.
     series: Slab<MemSeries>,
-    /// Slot of each series reference.
-    by_ref: RefMap<u32>,
-    /// Slot by label hash: the first series with that hash.
-    by_hash: RefMap<u32>,
-    /// Further series whose label hash collides with an entry of `by_hash` (practically empty).
-    collisions: RefMap<Vec<u32>>,
+    /// Slot of each series reference; only slots are stored (4 bytes an entry), the reference
+    /// is the series' own.
+    by_ref: HashTable<u32>,
+    /// (upper half of the label hash, slot): enough to find candidates, whose labels are then
+    /// compared, so series whose hashes collide simply share a bucket chain.
+    by_hash: HashTable<(u32, u32)>,
     /// WAL references of duplicate series records, mapped to the series they name.
     aliases: RefMap<u64>,
     postings: Postings,
@@ -241,52 +257,62 @@ struct HeadData {
 }
 
 impl HeadData {
+    /// Slot of the series with reference `r` (not following aliases).
+    fn slot(&self, r: u64) -> Option<u32> {
+        let series = &self.series;
+        self.by_ref
+            .find(ref_hash(r), |&slot| {
+                series.get(slot).is_some_and(|s| s.r == r)
+            })
+            .copied()
+    }
+
     /// The series with reference `r` (not following aliases).
     fn get(&self, r: u64) -> Option<&MemSeries> {
-        self.series.get(*self.by_ref.get(&r)?)
+        self.series.get(self.slot(r)?)
     }
 
     /// [`HeadData::get`], following an alias first.
     fn get_mut_aliased(&mut self, r: u64) -> Option<&mut MemSeries> {
         let r = self.aliases.get(&r).copied().unwrap_or(r);
-        self.series.get_mut(*self.by_ref.get(&r)?)
+        let slot = self.slot(r)?;
+        self.series.get_mut(slot)
     }
 
     /// The series with exactly these labels (packed, see [`pack`]), found by their hash.
     fn lookup(&self, packed: &[u8], hash: u64) -> Option<(u64, &MemSeries)> {
-        let is = |s: &&MemSeries| s.labels.is(packed, &self.symbols);
-        let first = *self.by_hash.get(&hash)?;
-        if let Some(s) = self.series.get(first).filter(is) {
-            return Some((s.r, s));
-        }
-        self.collisions
-            .get(&hash)?
-            .iter()
-            .find_map(|&slot| self.series.get(slot).filter(is).map(|s| (s.r, s)))
+        let upper = hash_upper(hash);
+        let mut found = None;
+        // Candidates share the upper hash half; the labels decide.
+        self.by_hash.find(upper_hash(upper), |&(u, slot)| {
+            if u != upper {
+                return false;
+            }
+            let s = self.series.get(slot);
+            let hit = s.filter(|s| s.labels.is(packed, &self.symbols));
+            found = hit.map(|s| (s.r, s));
+            hit.is_some()
+        });
+        found
     }
 
     fn remove_series_hashed(&mut self, r: u64, hash: u64) {
-        let Some(slot) = self.by_ref.remove(&r) else {
+        let series = &self.series;
+        let Ok(entry) = self.by_ref.find_entry(ref_hash(r), |&slot| {
+            series.get(slot).is_some_and(|s| s.r == r)
+        }) else {
             return;
         };
+        let (slot, _) = entry.remove();
+        let upper = hash_upper(hash);
+        if let Ok(entry) = self
+            .by_hash
+            .find_entry(upper_hash(upper), |&e| e == (upper, slot))
+        {
+            entry.remove();
+        }
         if let Some(s) = self.series.remove(slot) {
             s.labels.release(&mut self.symbols);
-        }
-        let others = self.collisions.get_mut(&hash);
-        if self.by_hash.get(&hash) == Some(&slot) {
-            match others.and_then(|o| o.pop()) {
-                Some(next) => {
-                    self.by_hash.insert(hash, next);
-                }
-                None => {
-                    self.by_hash.remove(&hash);
-                }
-            }
-        } else if let Some(o) = others {
-            o.retain(|x| *x != slot);
-        }
-        if self.collisions.get(&hash).is_some_and(|o| o.is_empty()) {
-            self.collisions.remove(&hash);
         }
     }
 
@@ -305,23 +331,21 @@ impl HeadData {
             }
             return false;
         }
-        if self.by_ref.contains_key(&r) {
+        if self.slot(r).is_some() {
             // The same reference with other labels: a corrupt WAL. Keep the first.
             return false;
         }
         let slot = self
             .series
             .insert(MemSeries::new(r, labels, &mut self.symbols));
-        self.by_ref.insert(r, slot);
+        let series = &self.series;
+        self.by_ref.insert_unique(ref_hash(r), slot, |&s| {
+            series.get(s).map_or(0, |x| ref_hash(x.r))
+        });
+        let upper = hash_upper(hash);
+        self.by_hash
+            .insert_unique(upper_hash(upper), (upper, slot), |e| upper_hash(e.0));
         self.postings.add(r, labels);
-        match self.by_hash.entry(hash) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.collisions.entry(hash).or_default().push(slot)
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(slot);
-            }
-        }
         true
     }
 
@@ -541,7 +565,12 @@ impl Head {
                 let hashes: Vec<u64> = (0..batch.len()).map(|i| hash_packed(key(i))).collect();
                 let firsts: Vec<Option<u32>> = hashes
                     .iter()
-                    .map(|h| data.by_hash.get(h).copied())
+                    .map(|&h| {
+                        let upper = hash_upper(h);
+                        data.by_hash
+                            .find(upper_hash(upper), |e| e.0 == upper)
+                            .map(|e| e.1)
+                    })
                     .collect();
                 let found: Vec<Option<(u64, &MemSeries)>> = firsts
                     .iter()
@@ -769,7 +798,8 @@ impl Head {
             series_heap: data.series.iter().map(|(_, s)| s.heap_bytes()).sum(),
             series_slots: data.series.memory_bytes(),
             // 16-byte slots and a control byte each.
-            maps: (data.by_ref.capacity() + data.by_hash.capacity()) * (16 + 1),
+            // 4- and 8-byte entries and a control byte each.
+            maps: data.by_ref.capacity() * 5 + data.by_hash.capacity() * 9,
             postings: data.postings.memory_bytes(),
             symbols: data.symbols.memory_bytes(),
         }
@@ -829,19 +859,28 @@ impl Head {
             }
             data.postings.remove(&removed);
             let HeadData {
-                aliases, by_ref, ..
+                aliases,
+                by_ref,
+                series,
+                ..
             } = &mut *data;
-            aliases.retain(|_, target| by_ref.contains_key(target));
+            aliases.retain(|_, &mut target| {
+                by_ref
+                    .find(ref_hash(target), |&slot| {
+                        series.get(slot).is_some_and(|s| s.r == target)
+                    })
+                    .is_some()
+            });
             data.num_samples -= dropped.min(data.num_samples);
             data.min_time = data.series.iter().filter_map(|(_, s)| s.min_time()).min();
             if data.series.len() == 0 {
                 data.max_time = None;
             }
             let live: HashSet<u64> = data
-                .by_ref
-                .keys()
-                .chain(data.aliases.keys())
-                .copied()
+                .series
+                .iter()
+                .map(|(_, s)| s.r)
+                .chain(data.aliases.keys().copied())
                 .collect();
             let plan = app.wal.begin_checkpoint().map_err(wal_err)?;
             (plan, live)
