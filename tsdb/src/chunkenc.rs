@@ -728,6 +728,27 @@ mod tests {
     }
 
     #[test]
+    fn chunk_buffer_grows_by_a_quarter_not_double() {
+        let mut c = XorChunk::new();
+        let mut worst = 0.0f64;
+        for i in 0..240i64 {
+            c.append(i * 15_000, (i * i) as f64 * 1.37);
+            let (len, cap) = (c.bytes().len(), c.heap_bytes());
+            assert!(cap >= len);
+            if len > 64 {
+                worst = worst.max(cap as f64 / len as f64);
+            }
+        }
+        assert!(worst <= 1.3, "capacity up to {worst:.2}× the bytes");
+        assert_eq!(
+            c.min_time(),
+            Some(0),
+            "first timestamp decoded from the stream"
+        );
+        assert_eq!(c.max_time(), Some(239 * 15_000));
+    }
+
+    #[test]
     fn random_series_round_trip_bit_exactly() {
         let mut rng = StdRng::seed_from_u64(7);
         for round in 0..300 {
