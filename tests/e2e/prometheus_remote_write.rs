@@ -1,7 +1,8 @@
 //! A real Prometheus 2.42 scraping itself and node_exporter remote-writes to `rimir
 //! --target=all`: the metric metadata it sends makes rimir's `/api/v1/metadata` answer what
-//! Prometheus' own does, and after Prometheus stops (flushing its queue) and rimir flushes, the
-//! blocks rimir shipped hold exactly the series and samples of Prometheus' own TSDB.
+//! Prometheus' own does, and after Prometheus stops scraping (writing staleness markers), has
+//! sent everything and exits, and rimir flushes, the blocks rimir shipped hold exactly the series
+//! and samples of Prometheus' own TSDB.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
@@ -57,7 +58,7 @@ remote_write:
         rimir.url
     );
     let cfg_path = tmp.path().join("prometheus.yml");
-    std::fs::write(&cfg_path, config).unwrap();
+    std::fs::write(&cfg_path, &config).unwrap();
     let prom_log = std::fs::File::create(tmp.path().join("prometheus.log")).unwrap();
     let mut prom = ChildGuard(
         Command::new("prometheus")
@@ -171,8 +172,57 @@ remote_write:
     let (_, limited) = metadata(&rimir_api, "?limit=5");
     assert_eq!(limited["data"].as_object().unwrap().len(), 5);
 
-    // SIGTERM: Prometheus writes stale markers, flushes its remote-write queue and exits.
+    // Stop scraping by reloading a configuration without targets: Prometheus writes the
+    // staleness markers of every series and remote-writes them. Then wait until its queue has
+    // sent everything its WAL holds. (Stopping with SIGTERM alone races: the remote-write
+    // queue stops reading the WAL before it has read the markers written on the way out, and
+    // Prometheus exits without sending them, now and then.)
+    let remote_write = config
+        .split("remote_write:")
+        .nth(1)
+        .expect("remote_write section");
+    std::fs::write(
+        &cfg_path,
+        format!("global:\n  scrape_interval: 1s\nscrape_configs: []\nremote_write:{remote_write}"),
+    )
+    .unwrap();
     let pid = prom.0.id().to_string();
+    rimir_e2e::run_ok(Command::new("kill").args(["-HUP", &pid]));
+    let gauge = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .fold(0.0, f64::max)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut caught_up = 0;
+    while caught_up < 3 {
+        std::thread::sleep(Duration::from_millis(500));
+        let (_, text) = get(&format!("{prom_url}/metrics"));
+        let written = gauge(
+            &text,
+            "prometheus_remote_storage_highest_timestamp_in_seconds",
+        );
+        let sent = gauge(
+            &text,
+            "prometheus_remote_storage_queue_highest_sent_timestamp_seconds",
+        );
+        let pending = gauge(&text, "prometheus_remote_storage_samples_pending");
+        let scraping = text
+            .lines()
+            .any(|l| l.starts_with("prometheus_target_scrape_pool_targets") && !l.ends_with(" 0"));
+        caught_up = if written > 0.0 && sent >= written && pending == 0.0 && !scraping {
+            caught_up + 1
+        } else {
+            0
+        };
+        assert!(
+            Instant::now() < deadline,
+            "prometheus did not send everything: written {written}, sent {sent}, pending {pending}, scraping {scraping}"
+        );
+    }
+
+    // SIGTERM: nothing is left to send; Prometheus exits.
     rimir_e2e::run_ok(Command::new("kill").args(["-TERM", &pid]));
     let status = prom.0.wait().unwrap();
     assert!(status.success(), "prometheus exited with {status}");

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -449,6 +450,22 @@ fn internal(e: impl std::fmt::Display) -> Status {
 
 /// Appends a push to a tenant's head: series beyond the limit are refused with a message
 /// naming the first of them, the head's own refusals (out of order, duplicates) follow.
+/// Whether the caller of a push still waits for it; cleared when the push's future is dropped
+/// (tonic drops it when the client cancels or its deadline passes).
+struct Waiting(Arc<AtomicBool>);
+
+impl Waiting {
+    fn new() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 fn append(
     db: &dyn Tsdb,
     tenant: &str,
@@ -545,7 +562,24 @@ impl IngesterService for Ingester {
             metadata: _,
         } = req;
         let db = t.db.clone();
+        // Set when this future is dropped: the caller stopped waiting (its deadline passed, or
+        // the connection went), so a push still queued for the blocking pool is dropped before
+        // it is decoded. Nothing was acknowledged for it; a replica that fell behind catches up
+        // instead of working through pushes nobody waits for.
+        let waiting = Waiting::new();
+        let still_waiting = waiting.0.clone();
+        let abandoned = self
+            .metrics
+            .abandoned_pushes
+            .get_or_create(&Metrics::label("user", &tenant))
+            .clone();
         let (resp, tenant) = tokio::task::spawn_blocking(move || {
+            if !still_waiting.load(Ordering::Acquire) {
+                abandoned.inc();
+                return Err(Status::cancelled(
+                    "the caller stopped waiting for this push",
+                ));
+            }
             let raw = decompress(compression, &payload, max)?;
             let w = WriteRequestRef::decode(&raw)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -554,6 +588,7 @@ impl IngesterService for Ingester {
         })
         .await
         .map_err(internal)??;
+        drop(waiting);
         self.record_push(&tenant, &resp, &t);
         Ok(resp)
     }
@@ -802,6 +837,57 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(r.samples_appended, 1);
         assert!(d.path().join("tsdb/t/head").is_dir());
+    }
+
+    #[test]
+    fn a_push_whose_caller_stopped_waiting_is_dropped_unread() {
+        // One blocking thread, held busy, so the push queues behind it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .build()
+            .unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let ing = Arc::new(ingester(&d.path().join("tsdb"), &d.path().join("bucket")));
+        ing.replay().unwrap();
+        rt.block_on(async {
+            // Open the tenant's head first, so only the push itself waits for the pool.
+            ing.push(push_req("t", &[("warmup", &[(1, 1.0)])], 0))
+                .await
+                .unwrap();
+            let (release, blocked) = std::sync::mpsc::channel::<()>();
+            let busy = tokio::task::spawn_blocking(move || blocked.recv());
+            let pushing = {
+                let ing = ing.clone();
+                tokio::spawn(
+                    async move { ing.push(push_req("t", &[("late", &[(2, 1.0)])], 0)).await },
+                )
+            };
+            // Let the push reach the blocking pool's queue, then give up on it, as tonic does
+            // when the client's deadline passes.
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            pushing.abort();
+            assert!(pushing.await.unwrap_err().is_cancelled());
+            release.send(()).unwrap();
+            busy.await.unwrap().unwrap();
+            // The queued closure has run (the pool is free again): it stored nothing.
+            tokio::task::spawn_blocking(|| ()).await.unwrap();
+            let t = ing.existing("t").unwrap();
+            assert_eq!(t.db.num_series(), 1, "only the warm-up series");
+            let abandoned = ing
+                .metrics
+                .abandoned_pushes
+                .get_or_create(&Metrics::label("user", "t"))
+                .get();
+            assert_eq!(abandoned, 1);
+            // A caller that waits is served as before.
+            let r = ing
+                .push(push_req("t", &[("late", &[(2, 1.0)])], 0))
+                .await
+                .unwrap();
+            assert_eq!(r.samples_appended, 1);
+        });
     }
 
     #[tokio::test(flavor = "current_thread")]

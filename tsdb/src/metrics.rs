@@ -40,6 +40,9 @@ pub struct Metrics {
     pub active_series: Family<Labels, Gauge>,
     /// Samples appended by the ingester, by tenant.
     pub ingested_samples: Family<Labels, Counter>,
+    /// Pushes the ingester dropped unread because their caller had stopped waiting (deadline
+    /// passed or connection gone), by tenant.
+    pub abandoned_pushes: Family<Labels, Counter>,
     /// Blocks uploaded to the bucket, by tenant.
     pub shipped_blocks: Family<Labels, Counter>,
     /// Failed block uploads, by tenant.
@@ -69,6 +72,7 @@ impl Metrics {
             ring_members: Family::default(),
             active_series: Family::default(),
             ingested_samples: Family::default(),
+            abandoned_pushes: Family::default(),
             shipped_blocks: Family::default(),
             ship_failures: Family::default(),
             ready: Gauge::default(),
@@ -124,6 +128,11 @@ impl Metrics {
                 "rimir_ingester_ingested_samples",
                 "Samples appended to the heads",
                 m.ingested_samples.clone(),
+            );
+            r.register(
+                "rimir_ingester_abandoned_pushes",
+                "Pushes dropped before decoding because their caller had stopped waiting",
+                m.abandoned_pushes.clone(),
             );
             r.register(
                 "rimir_ingester_shipped_blocks",
