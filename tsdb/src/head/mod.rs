@@ -224,12 +224,12 @@ fn ref_hash(r: u64) -> u64 {
 }
 
 /// The half of a label hash [`HeadData::by_hash`] keeps.
-fn hash_upper(hash: u64) -> u32 {
+fn upper_half(hash: u64) -> u32 {
     (hash >> 32) as u32
 }
 
 /// Hash of a kept half for [`HeadData::by_hash`] (computable again when the table grows).
-fn upper_hash(upper: u32) -> u64 {
+fn table_hash_of_half(upper: u32) -> u64 {
     hash_packed(&upper.to_le_bytes())
 }
 
@@ -281,10 +281,10 @@ impl HeadData {
 
     /// The series with exactly these labels (packed, see [`pack`]), found by their hash.
     fn lookup(&self, packed: &[u8], hash: u64) -> Option<(u64, &MemSeries)> {
-        let upper = hash_upper(hash);
+        let upper = upper_half(hash);
         let mut found = None;
         // Candidates share the upper hash half; the labels decide.
-        self.by_hash.find(upper_hash(upper), |&(u, slot)| {
+        self.by_hash.find(table_hash_of_half(upper), |&(u, slot)| {
             if u != upper {
                 return false;
             }
@@ -304,10 +304,10 @@ impl HeadData {
             return;
         };
         let (slot, _) = entry.remove();
-        let upper = hash_upper(hash);
+        let upper = upper_half(hash);
         if let Ok(entry) = self
             .by_hash
-            .find_entry(upper_hash(upper), |&e| e == (upper, slot))
+            .find_entry(table_hash_of_half(upper), |&e| e == (upper, slot))
         {
             entry.remove();
         }
@@ -342,9 +342,11 @@ impl HeadData {
         self.by_ref.insert_unique(ref_hash(r), slot, |&s| {
             series.get(s).map_or(0, |x| ref_hash(x.r))
         });
-        let upper = hash_upper(hash);
+        let upper = upper_half(hash);
         self.by_hash
-            .insert_unique(upper_hash(upper), (upper, slot), |e| upper_hash(e.0));
+            .insert_unique(table_hash_of_half(upper), (upper, slot), |e| {
+                table_hash_of_half(e.0)
+            });
         self.postings.add(r, labels);
         true
     }
@@ -566,9 +568,9 @@ impl Head {
                 let firsts: Vec<Option<u32>> = hashes
                     .iter()
                     .map(|&h| {
-                        let upper = hash_upper(h);
+                        let upper = upper_half(h);
                         data.by_hash
-                            .find(upper_hash(upper), |e| e.0 == upper)
+                            .find(table_hash_of_half(upper), |e| e.0 == upper)
                             .map(|e| e.1)
                     })
                     .collect();
