@@ -11,15 +11,15 @@ use crate::labels::{Label, LabelRef, Labels};
 /// Bytes of symbol numbers kept inline.
 const INLINE: usize = 22;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 enum Repr {
     Inline { len: u8, ids: [u8; INLINE] },
     Heap(Box<[u8]>),
 }
 
 /// The labels of one series, as symbol numbers; meaningful only with the [`Symbols`] that
-/// interned them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// interned them. Not `Clone`: every key holds one use of each of its symbols.
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct LabelKey(Repr);
 
 impl LabelKey {
