@@ -509,7 +509,7 @@ fn random_appends_truncations_and_restarts_match_a_model() {
     use std::collections::{BTreeMap, BTreeSet};
 
     let dir = tempfile::tempdir().unwrap();
-    let mut rng = StdRng::seed_from_u64(0x5eed_1abe_15);
+    let mut rng = StdRng::seed_from_u64(0x005e_ed1a_be15);
     // Truncation drops whole chunks, and chunks never cross a range boundary; truncating at
     // boundaries of a 5 s range (as the ingester does at 2h block boundaries) is exact.
     const RANGE: i64 = 5000;
