@@ -720,12 +720,7 @@ fn operator_metric(url: &str, name: &str) -> Option<f64> {
     if code != 200 {
         return None;
     }
-    Some(
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
+    Some(rimir_e2e::rimir::metric_values(&text, name).sum())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

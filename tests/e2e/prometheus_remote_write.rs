@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rimir_e2e::rimir::{Rimir, bucket_blocks, get, promtool_dump};
+use rimir_e2e::rimir::{Rimir, bucket_blocks, get, metric_values, promtool_dump};
 use rimir_e2e::{ChildGuard, free_port};
 
 #[test]
@@ -75,11 +75,8 @@ remote_write:
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, text) = get(&format!("{}/metrics", rimir.url));
-        let received = text
-            .lines()
-            .find(|l| l.starts_with("rimir_distributor_received_samples_total"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
+        let received = metric_values(&text, "rimir_distributor_received_samples_total")
+            .next()
             .unwrap_or(0.0);
         if received > 5000.0 {
             break;
@@ -188,12 +185,7 @@ remote_write:
     .unwrap();
     let pid = prom.0.id().to_string();
     rimir_e2e::run_ok(Command::new("kill").args(["-HUP", &pid]));
-    let gauge = |text: &str, name: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .fold(0.0, f64::max)
-    };
+    let gauge = |text: &str, name: &str| -> f64 { metric_values(text, name).fold(0.0, f64::max) };
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut caught_up = 0;
     while caught_up < 3 {

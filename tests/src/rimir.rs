@@ -28,6 +28,14 @@ pub fn agent() -> ureq::Agent {
         .new_agent()
 }
 
+/// The values of metric `name`'s samples (every line starting with it, labels or not) in a
+/// Prometheus text exposition.
+pub fn metric_values<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = f64> + 'a {
+    text.lines()
+        .filter(move |l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+}
+
 /// GETs a URL: (status, body).
 pub fn get(url: &str) -> (u16, String) {
     match agent().get(url).call() {

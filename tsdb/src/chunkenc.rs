@@ -338,14 +338,11 @@ impl XorChunk {
         }
     }
 
-    /// Appends a byte, growing the buffer by a quarter rather than doubling it: chunks grow a
-    /// byte or two per sample, and the allocator's size classes are about that fine, so the
-    /// unused tail stays near an eighth of the chunk instead of up to a half.
+    /// Appends a byte, growing the buffer by a quarter rather than doubling it (chunks grow a
+    /// byte or two per sample, so the unused tail stays near an eighth of the chunk).
     #[inline]
     fn push(&mut self, b: u8) {
-        if self.stream.len() == self.stream.capacity() {
-            self.stream.reserve_exact((self.stream.len() / 4).max(16));
-        }
+        crate::encoding::reserve_quarter(&mut self.stream, 1, 16);
         self.stream.push(b);
     }
 }

@@ -225,7 +225,7 @@ impl MemSeries {
     }
 
     /// Heap bytes this series holds (labels, chunks, late samples); its inline size is counted
-    /// with the map holding it.
+    /// with the slab holding it.
     pub(crate) fn heap_bytes(&self) -> usize {
         let labels = self.labels.heap_bytes();
         let closed: usize = self

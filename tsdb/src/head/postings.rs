@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::encoding::{put_uvarint, uvarint};
+use crate::encoding::{put_uvarint, reserve_quarter, uvarint};
 use crate::labels::{Labels, MatchType, Matcher};
 
 /// Label name → value → series references (ascending).
@@ -34,10 +34,8 @@ impl PostingList {
 
     /// Appends `r`, which must be above every reference held.
     fn push(&mut self, r: u64) {
-        if self.deltas.len() + 10 > self.deltas.capacity() {
-            // A quarter more, not double: most lists stop growing once their series exist.
-            self.deltas.reserve_exact((self.deltas.len() / 4).max(10));
-        }
+        // Room for the longest uvarint; most lists stop growing once their series exist.
+        reserve_quarter(&mut self.deltas, 10, 10);
         put_uvarint(&mut self.deltas, r - self.last);
         self.last = r;
         self.len += 1;
