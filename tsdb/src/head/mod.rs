@@ -228,9 +228,12 @@ fn upper_half(hash: u64) -> u32 {
     (hash >> 32) as u32
 }
 
-/// Hash of a kept half for [`HeadData::by_hash`] (computable again when the table grows).
+/// Hash of a kept half for [`HeadData::by_hash`] (computable again when the table grows). The
+/// half is already well mixed, so it is not hashed again, only repeated to fill both ends of the
+/// word (the table takes its tag from the top bits and the bucket from the bottom ones).
 fn table_hash_of_half(upper: u32) -> u64 {
-    hash_packed(&upper.to_le_bytes())
+    let u = u64::from(upper);
+    (u << 32) | u
 }
 
 /// The in-memory state, under one reader-writer lock.
