@@ -9,8 +9,8 @@
 //!
 //! Run (optimising only rimir's crates, so no dependency is rebuilt in release mode; build the
 //! `rimir` binary with the same flags first, the benchmark runs it):
-//! `cargo build -p rimir-tsdb --bin rimir --config 'profile.dev.package."rimir-tsdb".opt-level=3'`
-//! `cargo run -p rimir-e2e --bin promql_bench --config 'profile.dev.package."rimir-tsdb".opt-level=3' --config 'profile.dev.package."rimir-e2e".opt-level=3'`
+//! `cargo build -p rimir --bin rimir --config 'profile.dev.package."rimir".opt-level=3'`
+//! `cargo run -p rimir-e2e --bin promql_bench --config 'profile.dev.package."rimir-promql".opt-level=3' --config 'profile.dev.package."rimir-tsdb".opt-level=3' --config 'profile.dev.package."rimir-e2e".opt-level=3'`
 //!
 //! `PROMQL_BENCH_QUERY=<n>` times only the n-th query (0-based).
 //! `PROMQL_BENCH_RIMIR_ONLY=1` instead evaluates the queries in this process over an in-memory
@@ -23,11 +23,11 @@ mod prometheus;
 use std::time::Instant;
 
 use prometheus::{agent, push_body, snappy_literal, start_prometheus, write_request};
+use rimir::api::format_result;
 use rimir_e2e::rimir::{Rimir, now_ms};
-use rimir_tsdb::api::prometheus::format_result;
+use rimir_promql::Engine;
+use rimir_promql::MemQueryable;
 use rimir_tsdb::labels::Labels;
-use rimir_tsdb::promql::Engine;
-use rimir_tsdb::querier::MemQueryable;
 use rimir_tsdb::series::Series;
 
 const STEP: i64 = 15_000;

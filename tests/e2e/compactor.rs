@@ -119,16 +119,16 @@ fn sorted(mut d: Data) -> Data {
 
 /// Every object key of a filesystem bucket, through the store's own listing.
 fn rt_list(bucket: &Path) -> Vec<String> {
-    let store = rimir_tsdb::objstore::FilesystemStore::new(bucket).unwrap();
+    let store = rimir_objstore::FilesystemStore::new(bucket).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(rimir_tsdb::objstore::ObjectStore::list(&store, "", false))
+    rt.block_on(rimir_objstore::ObjectStore::list(&store, "", false))
         .unwrap()
         .into_iter()
         .filter_map(|e| match e {
-            rimir_tsdb::objstore::ListEntry::Object { key, .. } => Some(key),
+            rimir_objstore::ListEntry::Object { key, .. } => Some(key),
             _ => None,
         })
         .collect()
@@ -384,12 +384,11 @@ fn compactor_merges_replicas_in_s3() {
     let tmp = tempfile::tempdir().unwrap();
     let input = data(10, 0, 2 * H, 30_000);
     let store =
-        rimir_tsdb::objstore::S3Store::new(&moto.s3_config(bucket_name), &moto.sdk_config())
-            .unwrap();
+        rimir_objstore::S3Store::new(&moto.s3_config(bucket_name), &moto.sdk_config()).unwrap();
     for _ in 0..3 {
         let local = tmp.path().join("local");
         let m = write_block(&local, input.clone(), &BlockOptions::default()).unwrap();
-        rt.block_on(rimir_tsdb::objstore::upload_block(
+        rt.block_on(rimir_objstore::upload_block(
             &store,
             TENANT,
             &local.join(&m.ulid),
@@ -408,14 +407,14 @@ fn compactor_merges_replicas_in_s3() {
     let out = stdout(&mut cmd);
     assert!(out.contains("jobs=1"), "{out}");
     let blocks = rt
-        .block_on(rimir_tsdb::objstore::list_blocks(&store, TENANT))
+        .block_on(rimir_objstore::list_blocks(&store, TENANT))
         .unwrap();
     assert_eq!(blocks.len(), 4);
     let mut live = Vec::new();
     for b in &blocks {
         let mark = format!("{TENANT}/{b}/deletion-mark.json");
         if rt
-            .block_on(rimir_tsdb::objstore::ObjectStore::head(&store, &mark))
+            .block_on(rimir_objstore::ObjectStore::head(&store, &mark))
             .unwrap()
             .is_none()
         {
@@ -424,7 +423,7 @@ fn compactor_merges_replicas_in_s3() {
     }
     assert_eq!(live.len(), 1);
     let dl = tmp.path().join("dl");
-    rt.block_on(rimir_tsdb::objstore::download_block(
+    rt.block_on(rimir_objstore::download_block(
         &store,
         TENANT,
         &live[0],
@@ -433,7 +432,7 @@ fn compactor_merges_replicas_in_s3() {
     .unwrap();
     assert!(read_all(&[dl.join(&live[0])]) == sorted(input.clone()));
     let idx = rt
-        .block_on(rimir_tsdb::compactor::read_bucket_index(&store, TENANT))
+        .block_on(rimir::compactor::read_bucket_index(&store, TENANT))
         .unwrap();
     assert_eq!(idx, live);
 

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use rimir_e2e::moto::MotoServer;
-use rimir_tsdb::objstore::layout::{self, META_JSON};
-use rimir_tsdb::objstore::{
+use rimir_objstore::layout::{self, META_JSON};
+use rimir_objstore::{
     BucketConfig, FilesystemStore, ListEntry, ObjectStore, ObjstoreError, S3Config, S3Store,
 };
 

@@ -19,10 +19,10 @@ use std::time::Instant;
 
 use prometheus::{Answer, prometheus_query, push, start_prometheus};
 
-use rimir_tsdb::api::prometheus::format_result;
+use rimir::api::format_result;
+use rimir_promql::MemQueryable;
+use rimir_promql::{Engine, STALE_NAN_BITS};
 use rimir_tsdb::labels::Labels;
-use rimir_tsdb::promql::{Engine, STALE_NAN_BITS};
-use rimir_tsdb::querier::MemQueryable;
 use rimir_tsdb::series::Series;
 use serde_json::Value as Json;
 
@@ -241,7 +241,7 @@ fn dataset() -> Vec<Series> {
     out
 }
 
-fn rimir_answer(r: Result<rimir_tsdb::promql::Value, rimir_tsdb::querier::QueryError>) -> Answer {
+fn rimir_answer(r: Result<rimir_promql::Value, rimir_promql::QueryError>) -> Answer {
     match r {
         Ok(v) => Answer::Data(serde_json::from_str(&format_result(&v)).expect("rimir json")),
         Err(e) => Answer::Error(e.to_string()),

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rimir::cli::format_go_g;
 use rimir_e2e::{ChildGuard, free_port, run_ok, workspace_bin};
 use rimir_tsdb::block::{BlockOptions, write_block};
-use rimir_tsdb::cli::format_go_g;
 use rimir_tsdb::labels::Labels;
 
 /// Start of the generated data: a 2h boundary, so 5h of data spans three blocks.

@@ -175,8 +175,8 @@ async fn query_over_rf3_ingesters_and_s3_blocks_is_continuous_without_duplicates
         assert!(metric(&metrics, "rimir_querier_page_cache_hits_total") > 0.0);
 
         // Metric metadata goes to three ingesters and comes back once through the querier.
-        let meta = rimir_tsdb::api::remote_write::WriteRequest {
-            metadata: vec![rimir_tsdb::api::remote_write::MetricMetadata {
+        let meta = rimir::remote_write::WriteRequest {
+            metadata: vec![rimir::remote_write::MetricMetadata {
                 r#type: 1,
                 metric_family_name: "rf3_total".into(),
                 help: "Pushed three times over.".into(),
@@ -205,9 +205,9 @@ async fn query_over_rf3_ingesters_and_s3_blocks_is_continuous_without_duplicates
 /// part of the block with ranged GETs, never the whole block.
 #[test]
 fn selective_query_on_a_large_s3_block_fetches_a_small_part_of_it() {
+    use rimir_objstore::{S3Store, upload_block};
     use rimir_tsdb::block::{BlockOptions, write_block};
     use rimir_tsdb::labels::Labels;
-    use rimir_tsdb::objstore::{S3Store, upload_block};
 
     let moto = MotoServer::shared();
     let bucket = "rimir-querier-ranged";

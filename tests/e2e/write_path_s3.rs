@@ -3,7 +3,7 @@
 
 use rimir_e2e::moto::{MotoServer, child_env};
 use rimir_e2e::rimir::{Rimir, now_ms, snappy, write_request};
-use rimir_tsdb::objstore::{self, ObjectStore, S3Store};
+use rimir_objstore::{ObjectStore, S3Store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushed_block_lands_under_tenant_and_ulid_in_s3() {
@@ -43,7 +43,9 @@ async fn flushed_block_lands_under_tenant_and_ulid_in_s3() {
     .unwrap();
 
     let store = S3Store::new(&moto.s3_config("rimir-blocks"), &moto.sdk_config()).unwrap();
-    let blocks = objstore::list_blocks(&store, "tenant-1").await.unwrap();
+    let blocks = rimir_objstore::list_blocks(&store, "tenant-1")
+        .await
+        .unwrap();
     assert_eq!(blocks.len(), 1, "{blocks:?}");
     let ulid = &blocks[0];
     assert_eq!(ulid.len(), 26, "a ULID: {ulid}");
@@ -61,7 +63,7 @@ async fn flushed_block_lands_under_tenant_and_ulid_in_s3() {
         );
     }
     let meta: serde_json::Value = serde_json::from_slice(
-        &objstore::read_meta_json(&store, "tenant-1", ulid)
+        &rimir_objstore::read_meta_json(&store, "tenant-1", ulid)
             .await
             .unwrap(),
     )

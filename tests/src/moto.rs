@@ -9,7 +9,7 @@
 //! moto.create_bucket("blocks").await;
 //! // An `s3` bucket config as a user would write it, pointed at moto:
 //! let config = moto.s3_config("blocks");
-//! let store = rimir_tsdb::objstore::S3Store::new(&config, &moto.sdk_config()).unwrap();
+//! let store = rimir_objstore::S3Store::new(&config, &moto.sdk_config()).unwrap();
 //! // Other AWS clients (IAM, STS) take the same SdkConfig:
 //! //   aws_sdk_iam::Client::new(&moto.sdk_config())
 //! # }
@@ -168,8 +168,8 @@ impl MotoServer {
 
     /// A `blocks_storage.s3` config for `bucket` as a user would write it for an S3-compatible
     /// store: `host:port` endpoint, `insecure: true` (plain HTTP), path-style addressing.
-    pub fn s3_config(&self, bucket: &str) -> rimir_tsdb::objstore::S3Config {
-        rimir_tsdb::objstore::S3Config {
+    pub fn s3_config(&self, bucket: &str) -> rimir_objstore::S3Config {
+        rimir_objstore::S3Config {
             bucket_name: bucket.to_string(),
             region: REGION.to_string(),
             endpoint: format!("127.0.0.1:{}", self.port),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rimir_tsdb::api::remote_write::{Label, PbSample, TimeSeries, WriteRequest};
+use rimir::remote_write::{Label, PbSample, TimeSeries, WriteRequest};
 
 use crate::{ChildGuard, free_port, run_ok, workspace_bin};
 

@@ -4,7 +4,7 @@
 //! million samples, peak RSS, push latency percentiles and the ratios to Prometheus.
 //!
 //! `cargo run --release -p rimir-e2e --bin rimir-loadgen -- [--series N] [--rounds N]
-//! [--batch N] [--clients N]` (run `cargo build --release -p rimir-tsdb` first: the rimir binary
+//! [--batch N] [--clients N]` (run `cargo build --release -p rimir --bin rimir` first: the rimir binary
 //! is taken from the same target directory).
 //!
 //! `--push-url URL [--pid N]` pushes the same load to a server started by hand instead (to
