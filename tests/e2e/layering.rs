@@ -282,10 +282,10 @@ fn find_circle(graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Option<V
     }
     let mut state = BTreeMap::new();
     for node in graph.keys() {
-        if state.get(node).copied().unwrap_or(0) == 0 {
-            if let Some(c) = visit(node, graph, &mut state, &mut Vec::new()) {
-                return Some(c);
-            }
+        if state.get(node).copied().unwrap_or(0) == 0
+            && let Some(c) = visit(node, graph, &mut state, &mut Vec::new())
+        {
+            return Some(c);
         }
     }
     None
@@ -298,10 +298,10 @@ fn import_graph(src: &Path) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
         let text = std::fs::read_to_string(file).expect("read source");
         let mut targets = BTreeSet::new();
         for path in named_paths(&code_of(&text), module) {
-            if let Some(target) = resolve(&path, &modules) {
-                if target != module.as_slice() {
-                    targets.insert(target.to_vec());
-                }
+            if let Some(target) = resolve(&path, &modules)
+                && target != module.as_slice()
+            {
+                targets.insert(target.to_vec());
             }
         }
         graph.insert(module.clone(), targets);

@@ -85,6 +85,7 @@ pub fn write_request(series: &[SeriesSpec<'_>]) -> Vec<u8> {
                         .iter()
                         .map(|&(timestamp, value)| PbSample { value, timestamp })
                         .collect(),
+                    ..Default::default()
                 }
             })
             .collect(),

@@ -16,7 +16,7 @@ use axum::routing::get;
 use promql_parser::parser::Expr;
 
 use crate::querier::TenantSource;
-use crate::tenant::ANONYMOUS;
+use crate::tenant::{ANONYMOUS, validate_tenant};
 use rimir_promql::QueryError;
 use rimir_promql::{self, Engine, Value};
 use rimir_tsdb::labels::{Labels, Matcher};
@@ -402,8 +402,18 @@ fn tenant(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
     if !state.multitenancy {
         return Ok(ANONYMOUS.into());
     }
-    match headers.get("X-Scope-OrgID").and_then(|v| v.to_str().ok()) {
-        Some(t) if !t.is_empty() => Ok(t.to_string()),
+    match headers
+        .get("X-Scope-OrgID")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+    {
+        Some(t) if t.contains('|') => Err(ApiError::bad_data(format!(
+            "tenant federation ({t:?}) is not supported: query one tenant per request"
+        ))),
+        Some(t) if !t.is_empty() => match validate_tenant(t) {
+            Ok(()) => Ok(t.to_string()),
+            Err(m) => Err(ApiError::bad_data(m)),
+        },
         _ => Err(ApiError {
             kind: "bad_data",
             status: StatusCode::UNAUTHORIZED,
@@ -999,6 +1009,32 @@ mod tests {
             engine: Engine::default(),
             multitenancy,
         }
+    }
+
+    #[tokio::test]
+    async fn invalid_and_federated_tenant_ids_are_bad_data_naming_the_rule() {
+        let addr = serve(state(true)).await;
+        for (org, says) in [
+            ("../x", "contains unsupported character '/'"),
+            ("team a", "contains unsupported character ' '"),
+            ("..", "is not allowed"),
+            ("a|b", "tenant federation"),
+        ] {
+            let (code, v) = request(
+                addr,
+                "GET",
+                "/prometheus/api/v1/query?query=up",
+                Some(org),
+                None,
+            )
+            .await;
+            assert_eq!(code, 400, "{org}: {v}");
+            assert_eq!(v["errorType"], "bad_data", "{org}: {v}");
+            let msg = v["error"].as_str().unwrap_or_default();
+            assert!(msg.contains(says), "{org}: {msg}");
+        }
+        let (code, _) = request(addr, "GET", "/prometheus/api/v1/labels", Some("a"), None).await;
+        assert_eq!(code, 200);
     }
 
     #[tokio::test]

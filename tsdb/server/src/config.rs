@@ -595,6 +595,10 @@ pub struct Limits {
     pub max_metadata_length: usize,
     /// Blocks whose data ended longer ago than this are deleted by the compactor (0 = keep).
     pub compactor_blocks_retention_period: GoDuration,
+    /// How far behind the newest sample of its tenant's head a sample may be and still be
+    /// stored out of order (0 = samples must arrive in order per series, Prometheus' default).
+    /// Read when the tenant's head opens: a change takes effect when the ingester restarts.
+    pub out_of_order_time_window: GoDuration,
 }
 
 impl Default for Limits {
@@ -609,6 +613,7 @@ impl Default for Limits {
             max_global_series_per_user: 150_000,
             max_metadata_length: 1024,
             compactor_blocks_retention_period: GoDuration(std::time::Duration::ZERO),
+            out_of_order_time_window: GoDuration(std::time::Duration::ZERO),
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::config::{Compression, Config, Limits, TenantLimits};
 use crate::grpc::{PushRequest, SeriesBatch, compress, compression_code};
 use crate::metrics::Metrics;
 use crate::pool::IngesterPool;
-use crate::remote_write::{LabelRef, MetricMetadata, WriteRequestRef, encode_series};
+use crate::remote_write::{self, LabelRef, MetricMetadata, WriteRequestRef, encode_series};
 use crate::ring::{Instance, Ring, shard_token};
 use crate::tenant::{ANONYMOUS, validate_tenant};
 use rimir_tsdb::labels::{METRIC_NAME, write_go_quoted};
@@ -105,16 +105,25 @@ impl Distributor {
         &self.pool
     }
 
-    /// Handles `POST /api/v1/push`: `org_id` is `X-Scope-OrgID`, `content_encoding` the
-    /// `Content-Encoding` header.
+    /// Handles `POST /api/v1/push`: `org_id` is `X-Scope-OrgID`, `content_type` and
+    /// `content_encoding` the `Content-Type` and `Content-Encoding` headers.
+    ///
+    /// Nothing is acknowledged that was not stored: a part of the request that is not stored
+    /// (an invalid series, a sample out of bounds, a histogram or exemplar, which rimir does not
+    /// store yet) makes the answer a 4xx naming it, and is counted in
+    /// `rimir_discarded_samples_total` / `rimir_discarded_exemplars_total` by reason; the valid
+    /// rest of the request is stored, as Mimir does.
     pub async fn push(
         &self,
         org_id: Option<&str>,
+        content_type: Option<&str>,
         content_encoding: Option<&str>,
         body: &[u8],
     ) -> PushResult {
         let start = Instant::now();
-        let res = self.push_inner(org_id, content_encoding, body).await;
+        let res = self
+            .push_inner(org_id, content_type, content_encoding, body)
+            .await;
         self.metrics
             .push_duration
             .observe(start.elapsed().as_secs_f64());
@@ -143,6 +152,7 @@ impl Distributor {
     async fn push_inner(
         &self,
         org_id: Option<&str>,
+        content_type: Option<&str>,
         content_encoding: Option<&str>,
         body: &[u8],
     ) -> PushResult {
@@ -150,6 +160,9 @@ impl Distributor {
             Ok(t) => t,
             Err(e) => return e,
         };
+        if let Err(e) = remote_write::negotiate(content_type) {
+            return PushResult::err(415, e.to_string());
+        }
         if body.is_empty() {
             return PushResult::err(
                 400,
@@ -176,6 +189,15 @@ impl Distributor {
                 return PushResult::err(400, format!("parsing remote-write WriteRequest: {e}"));
             }
         };
+        if req.v2_fields() > 0 {
+            return PushResult::err(
+                400,
+                format!(
+                    "the body holds {} fields of a remote-write 2.0 request (symbols, timeseries) but was sent as remote-write 1.0 (Content-Type without proto=io.prometheus.write.v2.Request): nothing was stored",
+                    req.v2_fields()
+                ),
+            );
+        }
         let limits = self.limits.get(tenant);
         let now_ms = now_millis();
         let mut valid: Vec<Valid<'_, '_>> = Vec::with_capacity(req.len());
@@ -198,6 +220,9 @@ impl Distributor {
                     first_error.get_or_insert(d);
                 }
             }
+        }
+        if let Some(e) = self.discard_unstored(tenant, &req) {
+            first_error.get_or_insert(e);
         }
         self.metrics
             .received_samples
@@ -269,6 +294,56 @@ impl Distributor {
             Some(e) => PushResult::err(400, e.message),
             None => PushResult::ok(),
         }
+    }
+
+    /// Counts the histograms and exemplars of a request, which are not stored, and names the
+    /// first series that carried them.
+    fn discard_unstored(&self, tenant: &str, req: &WriteRequestRef<'_>) -> Option<Invalid> {
+        let unstored = req.unstored();
+        let first = unstored.first()?;
+        let histograms: usize = unstored.iter().map(|u| u.histograms).sum();
+        let exemplars: usize = unstored.iter().map(|u| u.exemplars).sum();
+        if histograms > 0 {
+            self.discard(
+                tenant,
+                &Invalid {
+                    reason: "native_histograms_unsupported",
+                    message: String::new(),
+                    samples: histograms,
+                },
+            );
+        }
+        if exemplars > 0 {
+            self.metrics
+                .discarded_exemplars
+                .get_or_create(&vec![
+                    ("user", tenant.to_string()),
+                    ("reason", "exemplars_unsupported".into()),
+                ])
+                .inc_by(exemplars as u64);
+        }
+        let mut refused = Vec::new();
+        if histograms > 0 {
+            refused.push(format!("{histograms} native histogram samples"));
+        }
+        if exemplars > 0 {
+            refused.push(format!("{exemplars} exemplars"));
+        }
+        let (labels, _) = req.series(first.series);
+        Some(Invalid {
+            reason: if histograms > 0 {
+                "native_histograms_unsupported"
+            } else {
+                "exemplars_unsupported"
+            },
+            message: format!(
+                "{} in {} series were not stored: this rimir stores float samples only (the request's valid float samples were stored); first such series {}",
+                refused.join(" and "),
+                unstored.len(),
+                series_text(labels)
+            ),
+            samples: 0,
+        })
     }
 
     fn discard(&self, tenant: &str, d: &Invalid) {
@@ -933,6 +1008,7 @@ mod tests {
                 .iter()
                 .map(|&(timestamp, value)| PbSample { value, timestamp })
                 .collect(),
+            ..Default::default()
         }
     }
 
@@ -962,6 +1038,7 @@ mod tests {
             .collect();
         let r = d
             .push(
+                None,
                 None,
                 None,
                 &snappy(&WriteRequest {
@@ -1095,12 +1172,12 @@ mod tests {
             ),
         ];
         for (name, body, status, message) in cases {
-            let r = d.push(None, None, &body).await;
+            let r = d.push(None, None, None, &body).await;
             assert_eq!(r.status, status, "{name}: {}", r.message);
             assert_eq!(r.message, message, "{name}");
         }
         assert_eq!(fakes[0].samples(), 0, "nothing invalid may be stored");
-        let r = d.push(None, Some("br"), b"x").await;
+        let r = d.push(None, None, Some("br"), b"x").await;
         assert_eq!(r.status, 415);
     }
 
@@ -1115,13 +1192,13 @@ mod tests {
             timeseries: vec![ts(&[("__name__", "up")], &[(now(), 1.0)])],
             ..Default::default()
         });
-        let r = d.push(None, None, &body).await;
+        let r = d.push(None, None, None, &body).await;
         assert_eq!(
             r,
             PushResult::err(401, "no org id: the X-Scope-OrgID header is required")
         );
-        assert_eq!(d.push(Some("../etc"), None, &body).await.status, 400);
-        assert_eq!(d.push(Some("team-a"), None, &body).await.status, 200);
+        assert_eq!(d.push(Some("../etc"), None, None, &body).await.status, 400);
+        assert_eq!(d.push(Some("team-a"), None, None, &body).await.status, 200);
         assert_eq!(fakes[0].got.lock().unwrap()[0].0, "team-a");
     }
 
@@ -1140,7 +1217,7 @@ mod tests {
             ],
             ..Default::default()
         });
-        let r = d.push(None, None, &body).await;
+        let r = d.push(None, None, None, &body).await;
         assert_eq!(r.status, 400);
         assert!(r.message.contains("without a metric name"), "{}", r.message);
         let got = fakes[0].got.lock().unwrap();
@@ -1172,7 +1249,7 @@ mod tests {
             metadata: names.iter().map(|n| md(n, "Things.")).collect(),
             ..Default::default()
         });
-        let r = d.push(Some("t"), None, &body).await;
+        let r = d.push(Some("t"), None, None, &body).await;
         assert_eq!(r.status, 200, "{}", r.message);
         for n in &names {
             let holders = fakes
@@ -1200,7 +1277,7 @@ mod tests {
             ],
             ..Default::default()
         });
-        let r = d.push(None, None, &body).await;
+        let r = d.push(None, None, None, &body).await;
         assert_eq!(r.status, 400);
         assert!(
             r.message
@@ -1236,6 +1313,7 @@ mod tests {
             .push(
                 None,
                 None,
+                None,
                 &snappy(&WriteRequest {
                     metadata: vec![md("late_total", "Late.")],
                     ..Default::default()
@@ -1257,9 +1335,12 @@ mod tests {
         gz.write_all(&raw).unwrap();
         let gz = gz.finish().unwrap();
         let zs = zstd::stream::encode_all(raw.as_slice(), 3).unwrap();
-        assert_eq!(d.push(None, Some("gzip"), &gz).await.status, 200);
-        assert_eq!(d.push(None, Some("zstd"), &zs).await.status, 200);
-        assert_eq!(d.push(None, Some("gzip"), b"not gzip").await.status, 400);
+        assert_eq!(d.push(None, None, Some("gzip"), &gz).await.status, 200);
+        assert_eq!(d.push(None, None, Some("zstd"), &zs).await.status, 200);
+        assert_eq!(
+            d.push(None, None, Some("gzip"), b"not gzip").await.status,
+            400
+        );
         assert_eq!(fakes[0].samples(), 2);
     }
 
@@ -1275,8 +1356,8 @@ mod tests {
             timeseries: vec![ts(&[("__name__", "up")], &samples)],
             ..Default::default()
         });
-        assert_eq!(d.push(None, None, &body).await.status, 200);
-        let r = d.push(None, None, &body).await;
+        assert_eq!(d.push(None, None, None, &body).await.status, 200);
+        let r = d.push(None, None, None, &body).await;
         assert_eq!(r.status, 429);
         assert!(
             r.message
@@ -1299,12 +1380,12 @@ mod tests {
                 ..Default::default()
             })
         };
-        assert_eq!(d.push(None, None, &body(0)).await.status, 200);
+        assert_eq!(d.push(None, None, None, &body(0)).await.status, 200);
         assert_eq!(fakes.iter().map(|f| f.samples()).sum::<usize>(), 60);
         fakes[1].down.store(true, Ordering::SeqCst);
-        assert_eq!(d.push(None, None, &body(1)).await.status, 200);
+        assert_eq!(d.push(None, None, None, &body(1)).await.status, 200);
         fakes[2].down.store(true, Ordering::SeqCst);
-        let r = d.push(None, None, &body(2)).await;
+        let r = d.push(None, None, None, &body(2)).await;
         assert_eq!(r.status, 500, "{}", r.message);
         assert!(
             r.message
@@ -1323,7 +1404,7 @@ mod tests {
             ..Default::default()
         });
         let start = Instant::now();
-        let r = d.push(None, None, &body).await;
+        let r = d.push(None, None, None, &body).await;
         assert_eq!(r.status, 200, "{}", r.message);
         assert!(
             start.elapsed() < Duration::from_secs(5),
@@ -1413,9 +1494,137 @@ mod tests {
             timeseries: vec![ts(&[("__name__", "up"), ("job", "x")], &[(now(), 1.0)])],
             ..Default::default()
         });
-        assert_eq!(d.push(Some("big"), None, &body).await.status, 200);
-        let r = d.push(Some("small"), None, &body).await;
+        assert_eq!(d.push(Some("big"), None, None, &body).await.status, 200);
+        let r = d.push(Some("small"), None, None, &body).await;
         assert_eq!(r.status, 400);
         assert!(r.message.contains("limit of 1"), "{}", r.message);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn nothing_unstored_is_acknowledged() {
+        use crate::remote_write::{Exemplar, HistogramSample};
+        let cfg = Config::default();
+        let (d, fakes) = setup(&cfg, 1);
+        let t = now();
+        let stored = |fakes: &[Arc<Fake>]| fakes.iter().map(|f| f.samples()).sum::<usize>();
+        let body = |series: Vec<TimeSeries>| {
+            snappy(&WriteRequest {
+                timeseries: series,
+                ..Default::default()
+            })
+        };
+        let plain = body(vec![ts(&[("__name__", "up")], &[(t, 1.0)])]);
+
+        // Remote-write 2.0 by Content-Type: 415, nothing stored.
+        let v2 = "application/x-protobuf;proto=io.prometheus.write.v2.Request";
+        let r = d.push(None, Some(v2), None, &plain).await;
+        assert_eq!(r.status, 415, "{}", r.message);
+        assert!(r.message.contains("remote-write 2.0"), "{}", r.message);
+        // Not protobuf, or an unknown message: 415 naming it.
+        let r = d.push(None, Some("application/json"), None, &plain).await;
+        assert_eq!(
+            (r.status, r.message.contains("application/json")),
+            (415, true)
+        );
+        let r = d
+            .push(
+                None,
+                Some("application/x-protobuf; proto=acme.Push"),
+                None,
+                &plain,
+            )
+            .await;
+        assert_eq!((r.status, r.message.contains("acme.Push")), (415, true));
+        assert_eq!(stored(&fakes), 0);
+        // The 1.0 spellings are accepted.
+        for ct in [
+            "application/x-protobuf",
+            "application/x-protobuf;proto=prometheus.WriteRequest",
+        ] {
+            let r = d.push(None, Some(ct), None, &plain).await;
+            assert_eq!(r, PushResult::ok(), "{ct}");
+        }
+        assert_eq!(stored(&fakes), 2);
+
+        // A 2.0 body sent as 1.0 (symbols = 4, timeseries = 5) decodes to no series: refused.
+        let mut v2_body = Vec::new();
+        for (field, payload) in [
+            (4u8, &b"__name__"[..]),
+            (4, &b"up"[..]),
+            (5, &b"\x0a\x02\x00\x01"[..]),
+        ] {
+            v2_body.push(field << 3 | 2);
+            v2_body.push(payload.len() as u8);
+            v2_body.extend_from_slice(payload);
+        }
+        let r = d
+            .push(
+                None,
+                None,
+                None,
+                &snap::raw::Encoder::new().compress_vec(&v2_body).unwrap(),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{}", r.message);
+        assert!(
+            r.message.contains("3 fields of a remote-write 2.0 request"),
+            "{}",
+            r.message
+        );
+
+        // A histogram-only series: 400 naming it, counted, nothing stored.
+        let mut hist = ts(&[("__name__", "rpc_seconds"), ("job", "api")], &[]);
+        hist.histograms = vec![
+            HistogramSample {
+                count_int: 4,
+                sum: 1.5,
+                schema: 3,
+                timestamp: t,
+            };
+            2
+        ];
+        let r = d.push(None, None, None, &body(vec![hist])).await;
+        assert_eq!(r.status, 400, "{}", r.message);
+        assert!(
+            r.message
+                .contains("2 native histogram samples in 1 series were not stored")
+                && r.message.contains(r#"{__name__="rpc_seconds", job="api"}"#),
+            "{}",
+            r.message
+        );
+        assert_eq!(stored(&fakes), 2);
+
+        // Floats with exemplars: the floats are stored, the exemplars refused by name.
+        let mut ex = ts(&[("__name__", "req_total")], &[(t, 7.0)]);
+        ex.exemplars = vec![Exemplar {
+            labels: vec![Label {
+                name: "trace_id".into(),
+                value: "abc".into(),
+            }],
+            value: 1.0,
+            timestamp: t,
+        }];
+        let r = d.push(None, None, None, &body(vec![ex])).await;
+        assert_eq!(r.status, 400, "{}", r.message);
+        assert!(
+            r.message.contains("1 exemplars in 1 series"),
+            "{}",
+            r.message
+        );
+        assert_eq!(
+            stored(&fakes),
+            3,
+            "the float sample beside the exemplar is stored"
+        );
+
+        let text = d.metrics.render();
+        assert!(
+            text.contains(
+                "rimir_discarded_samples_total{user=\"anonymous\",reason=\"native_histograms_unsupported\"} 2"
+            ) && text.contains(
+                "rimir_discarded_exemplars_total{user=\"anonymous\",reason=\"exemplars_unsupported\"} 1"
+            ),
+            "{text}"
+        );
     }
 }

@@ -59,8 +59,9 @@ pub trait Tsdb: Send + Sync + 'static {
     fn truncate_before(&self, t: i64) -> Result<(), String>;
 }
 
-/// Opens (replaying its WAL) the head of a tenant in a directory.
-pub type TsdbOpener = dyn Fn(&Path) -> Result<Arc<dyn Tsdb>, String> + Send + Sync;
+/// Opens (replaying its WAL) the head of a tenant (first argument, for its limits) in a
+/// directory.
+pub type TsdbOpener = dyn Fn(&str, &Path) -> Result<Arc<dyn Tsdb>, String> + Send + Sync;
 
 /// Uploads a local block directory to `<tenant>/<ULID>/`, `meta.json` last.
 pub trait Shipper: Send + Sync + 'static {
@@ -202,7 +203,7 @@ impl Ingester {
             path: head_dir.clone(),
             source: e,
         })?;
-        let db = (self.open)(&head_dir).map_err(|message| IngesterError::Open {
+        let db = (self.open)(name, &head_dir).map_err(|message| IngesterError::Open {
             tenant: name.into(),
             message,
         })?;
@@ -815,7 +816,7 @@ pub(crate) mod tests {
         cfg.blocks_storage.tsdb.dir = dir.to_path_buf();
         Ingester::new(
             &cfg,
-            Box::new(|_p: &Path| Ok(Arc::new(MemTsdb::default()) as Arc<dyn Tsdb>)),
+            Box::new(|_t: &str, _p: &Path| Ok(Arc::new(MemTsdb::default()) as Arc<dyn Tsdb>)),
             Arc::new(DirShipper(bucket.to_path_buf())),
             Arc::new(Metrics::new()),
         )

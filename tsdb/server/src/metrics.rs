@@ -24,6 +24,8 @@ pub struct Metrics {
     pub received_samples: Family<Labels, Counter>,
     /// Samples dropped, by tenant and reason.
     pub discarded_samples: Family<Labels, Counter>,
+    /// Exemplars dropped, by tenant and reason.
+    pub discarded_exemplars: Family<Labels, Counter>,
     /// Metric metadata received by the distributor, by tenant.
     pub received_metadata: Family<Labels, Counter>,
     /// Metric metadata dropped, by tenant and reason.
@@ -64,6 +66,7 @@ impl Metrics {
             registry: Mutex::new(Registry::default()),
             received_samples: Family::default(),
             discarded_samples: Family::default(),
+            discarded_exemplars: Family::default(),
             received_metadata: Family::default(),
             discarded_metadata: Family::default(),
             requests: Family::default(),
@@ -88,6 +91,11 @@ impl Metrics {
                 "rimir_discarded_samples",
                 "Samples discarded, by tenant and reason",
                 m.discarded_samples.clone(),
+            );
+            r.register(
+                "rimir_discarded_exemplars",
+                "Exemplars discarded, by tenant and reason",
+                m.discarded_exemplars.clone(),
             );
             r.register(
                 "rimir_distributor_received_metadata",

@@ -5,8 +5,13 @@
 //! MetricMetadata metadata = 3}`, `TimeSeries{repeated Label labels = 1; repeated Sample samples
 //! = 2; exemplars = 3; histograms = 4}`, `Label{string name = 1; string value = 2}`,
 //! `Sample{double value = 1; int64 timestamp = 2}`, `MetricMetadata{MetricType type = 1; string
-//! metric_family_name = 2; string help = 4; string unit = 5}`. Exemplars and histograms are
-//! skipped.
+//! metric_family_name = 2; string help = 4; string unit = 5}`.
+//!
+//! rimir does not store exemplars or native histograms yet. The decoder counts them per series
+//! ([`WriteRequestRef::unstored`]) so that the distributor refuses them by name instead of
+//! answering 200 for data it dropped, and it notices the top-level fields of a remote-write 2.0
+//! `io.prometheus.write.v2.Request` (`symbols = 4`, `timeseries = 5`) sent as 1.0
+//! ([`WriteRequestRef::v2_fields`]). [`negotiate`] reads the `Content-Type` header.
 
 use std::ops::Range;
 
@@ -69,6 +74,116 @@ pub struct TimeSeries {
     /// Samples, oldest first.
     #[prost(message, repeated, tag = "2")]
     pub samples: Vec<PbSample>,
+    /// Exemplars (rimir refuses them: not stored yet).
+    #[prost(message, repeated, tag = "3")]
+    pub exemplars: Vec<Exemplar>,
+    /// Native histogram samples (rimir refuses them: not stored yet).
+    #[prost(message, repeated, tag = "4")]
+    pub histograms: Vec<HistogramSample>,
+}
+
+/// An exemplar: a sample of a trace, with its own labels (`trace_id`, …).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Exemplar {
+    /// The exemplar's labels.
+    #[prost(message, repeated, tag = "1")]
+    pub labels: Vec<Label>,
+    /// Value.
+    #[prost(double, tag = "2")]
+    pub value: f64,
+    /// Milliseconds since the epoch.
+    #[prost(int64, tag = "3")]
+    pub timestamp: i64,
+}
+
+/// A native histogram sample, with the fields of prompb's `Histogram` that place and size it:
+/// its integer count, sum, schema and timestamp. Its buckets (fields 6 to 14) are not modelled:
+/// rimir refuses histograms, and this type exists so that clients and tests can send them.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HistogramSample {
+    /// Observation count (`count_int`, the integer-histogram variant of the `count` oneof).
+    #[prost(uint64, tag = "1")]
+    pub count_int: u64,
+    /// Sum of observations.
+    #[prost(double, tag = "3")]
+    pub sum: f64,
+    /// Resolution of the exponential buckets (-4 to 8).
+    #[prost(sint32, tag = "4")]
+    pub schema: i32,
+    /// Milliseconds since the epoch.
+    #[prost(int64, tag = "15")]
+    pub timestamp: i64,
+}
+
+/// The remote-write message a `Content-Type` header asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    /// `prometheus.WriteRequest`: remote-write 1.0, the one rimir decodes.
+    V1,
+    /// `io.prometheus.write.v2.Request`: remote-write 2.0, which rimir does not decode yet.
+    V2,
+}
+
+/// A `Content-Type` that no remote-write receiver accepts, or one rimir does not decode; the
+/// push is answered 415 with this message.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ContentTypeError {
+    /// Not `application/x-protobuf`.
+    #[error(
+        "unsupported Content-Type {0:?}: remote-write bodies are application/x-protobuf (snappy-compressed)"
+    )]
+    NotProtobuf(String),
+    /// A `proto=` parameter naming no remote-write message.
+    #[error("unsupported remote-write message {0:?} in Content-Type: use prometheus.WriteRequest")]
+    UnknownMessage(String),
+    /// Remote-write 2.0, not decoded yet.
+    #[error(
+        "remote-write 2.0 (io.prometheus.write.v2.Request) is not supported yet: nothing was stored; send remote-write 1.0 (Prometheus: protobuf_message: prometheus.WriteRequest, the default)"
+    )]
+    V2Unsupported,
+}
+
+/// Reads a push's `Content-Type` header as the remote-write spec defines it:
+/// `application/x-protobuf` with an optional `proto=` parameter (`prometheus.WriteRequest` when
+/// absent). Returns the message for 1.0; 2.0 and anything else is a [`ContentTypeError`].
+pub fn negotiate(content_type: Option<&str>) -> Result<Message, ContentTypeError> {
+    let Some(ct) = content_type.map(str::trim).filter(|c| !c.is_empty()) else {
+        return Ok(Message::V1); // Old senders omit the header; their bodies are 1.0.
+    };
+    let mut parts = ct.split(';').map(str::trim);
+    let media = parts.next().unwrap_or("");
+    if !media.eq_ignore_ascii_case("application/x-protobuf") {
+        return Err(ContentTypeError::NotProtobuf(ct.to_string()));
+    }
+    let mut message = Message::V1;
+    for param in parts {
+        let Some((k, v)) = param.split_once('=') else {
+            continue;
+        };
+        if !k.trim().eq_ignore_ascii_case("proto") {
+            continue;
+        }
+        message = match v.trim().trim_matches('"') {
+            "prometheus.WriteRequest" => Message::V1,
+            "io.prometheus.write.v2.Request" => Message::V2,
+            other => return Err(ContentTypeError::UnknownMessage(other.to_string())),
+        };
+    }
+    match message {
+        Message::V1 => Ok(Message::V1),
+        Message::V2 => Err(ContentTypeError::V2Unsupported),
+    }
+}
+
+/// What a series of a request carried that rimir does not store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unstored {
+    /// Index of the series in the request ([`WriteRequestRef::series`]).
+    pub series: usize,
+    /// Native histogram samples.
+    pub histograms: usize,
+    /// Exemplars.
+    pub exemplars: usize,
 }
 
 /// A label pair.
@@ -113,6 +228,8 @@ pub struct WriteRequestRef<'a> {
     samples: Vec<Sample>,
     series: Vec<(Range<u32>, Range<u32>)>,
     metadata: Vec<MetadataRef<'a>>,
+    unstored: Vec<Unstored>,
+    v2_fields: usize,
 }
 
 impl<'a> WriteRequestRef<'a> {
@@ -150,6 +267,17 @@ impl<'a> WriteRequestRef<'a> {
         &self.metadata
     }
 
+    /// The series that carried histograms or exemplars, which are not stored, in request order.
+    pub fn unstored(&self) -> &[Unstored] {
+        &self.unstored
+    }
+
+    /// How many top-level fields of a remote-write 2.0 request (`symbols`, `timeseries`) the body
+    /// held: a 2.0 body sent as 1.0 decodes to no series and must not be acknowledged.
+    pub fn v2_fields(&self) -> usize {
+        self.v2_fields
+    }
+
     /// Decodes a remote-write `WriteRequest` without copying strings.
     pub fn decode(body: &'a [u8]) -> Result<Self, ProtoError> {
         let mut out = WriteRequestRef::default();
@@ -163,6 +291,9 @@ impl<'a> WriteRequestRef<'a> {
                 let (start, end) = r.len_delimited("MetricMetadata")?;
                 out.metadata.push(decode_metadata(body, start, end)?);
             } else {
+                if field == 4 || field == 5 {
+                    out.v2_fields += 1;
+                }
                 r.skip(wt)?;
             }
         }
@@ -177,6 +308,7 @@ impl<'a> WriteRequestRef<'a> {
     ) -> Result<(), ProtoError> {
         let l0 = self.labels.len() as u32;
         let s0 = self.samples.len() as u32;
+        let (mut histograms, mut exemplars) = (0, 0);
         let mut r = Reader {
             b: &body[..end],
             pos: start,
@@ -192,8 +324,23 @@ impl<'a> WriteRequestRef<'a> {
                     let (ss, se) = r.len_delimited("Sample")?;
                     self.samples.push(decode_sample(body, ss, se)?);
                 }
+                (3, WT_LEN) => {
+                    r.len_delimited("Exemplar")?;
+                    exemplars += 1;
+                }
+                (4, WT_LEN) => {
+                    r.len_delimited("Histogram")?;
+                    histograms += 1;
+                }
                 _ => r.skip(wt)?,
             }
+        }
+        if histograms + exemplars > 0 {
+            self.unstored.push(Unstored {
+                series: self.series.len(),
+                histograms,
+                exemplars,
+            });
         }
         self.series
             .push((l0..self.labels.len() as u32, s0..self.samples.len() as u32));
@@ -452,6 +599,7 @@ mod tests {
                             timestamp: -5,
                         },
                     ],
+                    ..Default::default()
                 },
                 TimeSeries {
                     labels: vec![Label {
@@ -459,6 +607,7 @@ mod tests {
                         value: "x".into(),
                     }],
                     samples: vec![],
+                    ..Default::default()
                 },
             ],
             metadata: vec![],

@@ -94,8 +94,9 @@ async fn push(State(s): State<AppState>, req: Request) -> Response {
         }
     };
     let org = header_str(&parts.headers, "x-scope-orgid");
+    let ct = header_str(&parts.headers, "content-type");
     let enc = header_str(&parts.headers, "content-encoding");
-    let r = d.push(org, enc, &body).await;
+    let r = d.push(org, ct, enc, &body).await;
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if r.status != 200 {
         tracing::debug!(status = r.status, message = %r.message, "push refused");
@@ -498,8 +499,9 @@ mod tests {
 
     fn mem_storage(bucket: std::path::PathBuf) -> impl FnOnce(&Config) -> Result<Storage, String> {
         move |_| {
-            let open: Box<TsdbOpener> =
-                Box::new(|_p: &std::path::Path| Ok(Arc::new(MemTsdb::default()) as Arc<dyn Tsdb>));
+            let open: Box<TsdbOpener> = Box::new(|_t: &str, _p: &std::path::Path| {
+                Ok(Arc::new(MemTsdb::default()) as Arc<dyn Tsdb>)
+            });
             Ok((open, Arc::new(DirShipper(bucket)) as Arc<dyn Shipper>))
         }
     }
@@ -555,7 +557,7 @@ mod tests {
         let (release, gate) = std::sync::mpsc::channel::<()>();
         let gate = std::sync::Mutex::new(gate);
         let storage = move |_: &Config| {
-            let open: Box<TsdbOpener> = Box::new(move |_p: &std::path::Path| {
+            let open: Box<TsdbOpener> = Box::new(move |_t: &str, _p: &std::path::Path| {
                 // Replay of the existing tenant blocks until the test releases it.
                 let _ = gate.lock().unwrap().recv();
                 Ok(Arc::new(MemTsdb::default()) as Arc<dyn Tsdb>)
@@ -628,6 +630,7 @@ mod tests {
                     value: 1.0,
                     timestamp: now,
                 }],
+                ..Default::default()
             }],
             ..Default::default()
         };

@@ -130,8 +130,11 @@ pub fn open(cfg: &Config) -> Result<Storage, String> {
         Compression::None => rimir_tsdb::wal::Compression::None,
         _ => rimir_tsdb::wal::Compression::Snappy,
     };
-    let open: Box<TsdbOpener> = Box::new(move |dir: &Path| {
-        let (head, report) = Head::open(dir, opts.clone()).map_err(|e| e.to_string())?;
+    let limits = cfg.tenant_limits().map_err(|e| e.to_string())?;
+    let open: Box<TsdbOpener> = Box::new(move |tenant: &str, dir: &Path| {
+        let mut opts = opts.clone();
+        opts.out_of_order_window_ms = limits.get(tenant).out_of_order_time_window.as_millis_i64();
+        let (head, report) = Head::open(dir, opts).map_err(|e| e.to_string())?;
         tracing::info!(dir = %dir.display(), ?report, "head opened");
         Ok(Arc::new(HeadTsdb { head }) as Arc<dyn Tsdb>)
     });
@@ -146,7 +149,8 @@ pub fn open(cfg: &Config) -> Result<Storage, String> {
 mod tests {
     use super::*;
     use crate::grpc::{
-        IngesterService, MatcherPb, PushRequest, SeriesBatch, compress, compression_code,
+        IngesterService, MatcherPb, PushRequest, PushResponse, SeriesBatch, compress,
+        compression_code,
     };
     use crate::ingester::Ingester;
     use crate::metrics::Metrics;
@@ -162,6 +166,78 @@ mod tests {
         let ing = Ingester::new(&cfg, open, shipper, Arc::new(Metrics::new()));
         ing.replay().unwrap();
         ing
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn out_of_order_window_is_per_tenant_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::from_yaml(
+            &format!(
+                "blocks_storage:\n  tsdb:\n    dir: {tsdb}\n  filesystem:\n    dir: {bucket}\n\
+                 overrides:\n  late:\n    out_of_order_time_window: 10m\n",
+                tsdb = dir.path().join("tsdb").display(),
+                bucket = dir.path().join("bucket").display(),
+            ),
+            "test",
+        )
+        .unwrap();
+        let open_ingester = || {
+            let (open, shipper) = open(&cfg).unwrap();
+            let ing = Ingester::new(&cfg, open, shipper, Arc::new(Metrics::new()));
+            ing.replay().unwrap();
+            ing
+        };
+        async fn push(ing: &Ingester, tenant: &str, samples: Vec<Sample>) -> PushResponse {
+            let up = [LabelRef {
+                name: "__name__",
+                value: "up",
+            }];
+            let mut batch = SeriesBatch::default();
+            batch.push(&up, &samples);
+            ing.push_local(tenant.to_string(), batch, 0).await.unwrap()
+        }
+        let t = 1_700_000_000_000i64;
+        let stored = |ing: &Ingester, tenant: &str| {
+            ing.select(
+                tenant,
+                &[MatcherPb {
+                    kind: 0,
+                    name: "__name__".into(),
+                    value: "up".into(),
+                }],
+                i64::MIN,
+                i64::MAX,
+            )
+            .unwrap()
+            .into_iter()
+            .flat_map(|s| s.samples)
+            .collect::<Vec<Sample>>()
+        };
+        let ing = open_ingester();
+        for tenant in ["late", "strict"] {
+            push(&ing, tenant, vec![(t, 1.0)]).await;
+            // 5 minutes behind: inside "late"'s window, out of order for "strict".
+            let a = push(&ing, tenant, vec![(t - 300_000, 2.0)]).await;
+            let want = if tenant == "late" { (1, 0) } else { (0, 1) };
+            assert_eq!(
+                (a.samples_appended, a.samples_rejected),
+                want,
+                "{tenant}: {a:?}"
+            );
+            // 20 minutes behind: outside every window.
+            let a = push(&ing, tenant, vec![(t - 1_200_000, 3.0)]).await;
+            assert_eq!(
+                (a.samples_appended, a.samples_rejected),
+                (0, 1),
+                "{tenant}: {a:?}"
+            );
+        }
+        assert_eq!(stored(&ing, "late"), vec![(t - 300_000, 2.0), (t, 1.0)]);
+        assert_eq!(stored(&ing, "strict"), vec![(t, 1.0)]);
+        drop(ing);
+        // The WAL replays the out-of-order sample.
+        let ing = open_ingester();
+        assert_eq!(stored(&ing, "late"), vec![(t - 300_000, 2.0), (t, 1.0)]);
     }
 
     #[tokio::test(flavor = "current_thread")]
