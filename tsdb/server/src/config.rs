@@ -217,6 +217,8 @@ pub struct Config {
     pub overrides: BTreeMap<String, serde_yaml::Mapping>,
     /// Compression of hot (WAL, gRPC) and cold (compacted blocks) data.
     pub compression: CompressionConfig,
+    /// Mimir's runtime configuration file: per-tenant overrides reloaded without a restart.
+    pub runtime_config: RuntimeConfigConfig,
 }
 
 impl Default for Config {
@@ -233,6 +235,27 @@ impl Default for Config {
             limits: Limits::default(),
             overrides: BTreeMap::new(),
             compression: CompressionConfig::default(),
+            runtime_config: RuntimeConfigConfig::default(),
+        }
+    }
+}
+
+/// `runtime_config.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfigConfig {
+    /// A YAML file in Mimir's runtime-config format (`overrides: {tenant: {limit: value}}`);
+    /// its overrides apply on top of `limits` and this file's `overrides`. None: no such file.
+    pub file: Option<PathBuf>,
+    /// How often the file is read again (10s); a change applies without a restart.
+    pub period: GoDuration,
+}
+
+impl Default for RuntimeConfigConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            period: GoDuration::seconds(10),
         }
     }
 }
@@ -687,23 +710,42 @@ impl Config {
 
     /// The default limits plus each tenant's overrides applied on top.
     pub fn tenant_limits(&self) -> Result<TenantLimits, ConfigError> {
+        self.tenant_limits_with(&BTreeMap::new(), "overrides")
+    }
+
+    /// The default limits, then each tenant's `overrides` from this file, then its entries of
+    /// `runtime` (the runtime-config file's `overrides`, named `origin` in errors), key by key.
+    pub fn tenant_limits_with(
+        &self,
+        runtime: &BTreeMap<String, serde_yaml::Mapping>,
+        origin: &str,
+    ) -> Result<TenantLimits, ConfigError> {
         let base = serde_yaml::to_value(&self.limits).map_err(|e| ConfigError::Parse {
             path: "limits".into(),
             source: e,
         })?;
         let mut per_tenant = BTreeMap::new();
-        for (tenant, over) in &self.overrides {
+        let tenants: std::collections::BTreeSet<&String> =
+            self.overrides.keys().chain(runtime.keys()).collect();
+        for tenant in tenants {
             let mut merged = base.clone();
             if let serde_yaml::Value::Mapping(m) = &mut merged {
-                for (k, v) in over {
-                    m.insert(k.clone(), v.clone());
+                for over in [self.overrides.get(tenant), runtime.get(tenant)]
+                    .into_iter()
+                    .flatten()
+                {
+                    for (k, v) in over {
+                        m.insert(k.clone(), v.clone());
+                    }
                 }
             }
-            let limits: Limits =
-                serde_yaml::from_value(merged).map_err(|e| ConfigError::Parse {
-                    path: format!("overrides.{tenant}"),
-                    source: e,
-                })?;
+            let path = if runtime.contains_key(tenant) {
+                format!("{origin}.{tenant}")
+            } else {
+                format!("overrides.{tenant}")
+            };
+            let limits: Limits = serde_yaml::from_value(merged)
+                .map_err(|e| ConfigError::Parse { path, source: e })?;
             per_tenant.insert(tenant.clone(), limits);
         }
         Ok(TenantLimits {
@@ -807,6 +849,12 @@ pub struct Flags {
     /// Per-tenant active series limit.
     #[arg(long = "ingester.max-global-series-per-user")]
     pub max_global_series_per_user: Option<u64>,
+    /// Runtime-config file (per-tenant overrides reloaded without restart).
+    #[arg(long = "runtime-config.file")]
+    pub runtime_config_file: Option<PathBuf>,
+    /// How often the runtime-config file is read again.
+    #[arg(long = "runtime-config.reload-period")]
+    pub runtime_config_period: Option<GoDuration>,
 }
 
 impl Flags {
@@ -847,6 +895,10 @@ impl Flags {
             &self.tsdb_retention_period,
         );
         set(&mut cfg.compactor.data_dir, &self.compactor_data_dir);
+        if let Some(f) = &self.runtime_config_file {
+            cfg.runtime_config.file = Some(f.clone());
+        }
+        set(&mut cfg.runtime_config.period, &self.runtime_config_period);
         set(
             &mut cfg.ingester.ring.replication_factor,
             &self.replication_factor,

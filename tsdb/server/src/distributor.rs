@@ -15,12 +15,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinSet;
 
-use crate::config::{Compression, Config, Limits, TenantLimits};
+use crate::config::{Compression, Config, Limits};
 use crate::grpc::{PushRequest, SeriesBatch, compress, compression_code};
 use crate::metrics::Metrics;
 use crate::pool::IngesterPool;
 use crate::remote_write::{self, LabelRef, MetricMetadata, WriteRequestRef, encode_series};
 use crate::ring::{Instance, Ring, shard_token};
+use crate::runtime::RuntimeLimits;
 use crate::tenant::{ANONYMOUS, validate_tenant};
 use rimir_tsdb::labels::{METRIC_NAME, write_go_quoted};
 use rimir_tsdb::series::Sample;
@@ -60,7 +61,7 @@ pub struct Distributor {
     multitenancy: bool,
     max_recv: usize,
     hot: Compression,
-    limits: TenantLimits,
+    limits: Arc<RuntimeLimits>,
     pool: Arc<IngesterPool>,
     rate: Mutex<HashMap<String, Bucket>>,
     metrics: Arc<Metrics>,
@@ -83,21 +84,23 @@ struct Invalid {
 }
 
 impl Distributor {
-    /// A distributor writing to `pool`.
+    /// A distributor writing to `pool` under the per-tenant `limits` in force (reloaded from
+    /// the runtime-config file without a restart).
     pub fn new(
         cfg: &Config,
+        limits: Arc<RuntimeLimits>,
         pool: Arc<IngesterPool>,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, crate::config::ConfigError> {
-        Ok(Self {
+    ) -> Self {
+        Self {
             multitenancy: cfg.multitenancy_enabled,
             max_recv: cfg.distributor.max_recv_msg_size,
             hot: cfg.compression.hot,
-            limits: cfg.tenant_limits()?,
+            limits,
             pool,
             rate: Mutex::new(HashMap::new()),
             metrics,
-        })
+        }
     }
 
     /// The pool of ingesters.
@@ -198,7 +201,8 @@ impl Distributor {
                 ),
             );
         }
-        let limits = self.limits.get(tenant);
+        let in_force = self.limits.snapshot();
+        let limits = in_force.get(tenant);
         let now_ms = now_millis();
         let mut valid: Vec<Valid<'_, '_>> = Vec::with_capacity(req.len());
         let mut first_error: Option<Invalid> = None;
@@ -991,7 +995,8 @@ mod tests {
         for (i, f) in fakes.iter().enumerate() {
             pool.lock_clients().insert(format!("fake-{i}"), f.clone());
         }
-        let d = Distributor::new(cfg, Arc::new(pool), Arc::new(Metrics::new())).unwrap();
+        let limits = Arc::new(RuntimeLimits::load(Arc::new(cfg.clone())).unwrap());
+        let d = Distributor::new(cfg, limits, Arc::new(pool), Arc::new(Metrics::new()));
         (d, fakes)
     }
 

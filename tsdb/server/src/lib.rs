@@ -10,7 +10,7 @@
 //! [`querier`]; [`compactor`] merges the bucket's blocks.
 //!
 //! Modules, lowest first (each group imports only groups before it):
-//! 1. [`config`], [`metrics`], [`tenant`], [`remote_write`], [`cli`];
+//! 1. [`config`], [`metrics`], [`tenant`], [`remote_write`], [`cli`], [`runtime`];
 //! 2. [`ring`], [`grpc`], [`metadata`], [`compactor`];
 //! 3. [`ingester`], [`pool`];
 //! 4. [`storage`], [`distributor`], [`querier`];
@@ -30,6 +30,7 @@ pub mod pool;
 pub mod querier;
 pub mod remote_write;
 pub mod ring;
+pub mod runtime;
 pub mod server;
 pub mod storage;
 pub mod tenant;

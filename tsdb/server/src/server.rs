@@ -19,6 +19,7 @@ use crate::grpc::{IngesterServer, IngesterService};
 use crate::ingester::Ingester;
 use crate::metrics::Metrics;
 use crate::pool::IngesterPool;
+use crate::runtime::RuntimeLimits;
 use crate::storage::Storage;
 
 /// The server could not start.
@@ -40,6 +41,9 @@ pub enum ServerError {
     /// The storage engine could not be set up.
     #[error("setting up storage: {0}")]
     Storage(String),
+    /// The runtime-config file is unusable at start.
+    #[error(transparent)]
+    RuntimeConfig(#[from] crate::runtime::RuntimeConfigError),
 }
 
 /// Shared state of the HTTP handlers.
@@ -234,6 +238,9 @@ pub async fn start(
     let metrics = Arc::new(Metrics::new());
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    let limits = Arc::new(RuntimeLimits::load(cfg.clone())?);
+    metrics.register_with(|r| limits.register(r));
+    tasks.push(tokio::spawn(limits.clone().run(stop_rx.clone())));
 
     let ingester = if cfg.target.runs_ingester() {
         let (open, shipper) = storage(&cfg).map_err(ServerError::Storage)?;
@@ -313,7 +320,12 @@ pub async fn start(
                 }
             }));
         }
-        Some(Arc::new(Distributor::new(&cfg, pool, metrics.clone())?))
+        Some(Arc::new(Distributor::new(
+            &cfg,
+            limits.clone(),
+            pool,
+            metrics.clone(),
+        )))
     } else {
         None
     };

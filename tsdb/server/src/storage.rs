@@ -130,7 +130,11 @@ pub fn open(cfg: &Config) -> Result<Storage, String> {
         Compression::None => rimir_tsdb::wal::Compression::None,
         _ => rimir_tsdb::wal::Compression::Snappy,
     };
-    let limits = cfg.tenant_limits().map_err(|e| e.to_string())?;
+    // Limits as of start-up, with the runtime-config file applied: the out-of-order window is
+    // read when a tenant's head opens.
+    let limits = crate::runtime::RuntimeLimits::load(Arc::new(cfg.clone()))
+        .map_err(|e| e.to_string())?
+        .snapshot();
     let open: Box<TsdbOpener> = Box::new(move |tenant: &str, dir: &Path| {
         let mut opts = opts.clone();
         opts.out_of_order_window_ms = limits.get(tenant).out_of_order_time_window.as_millis_i64();
