@@ -309,15 +309,52 @@ fn import_graph(src: &Path) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
     graph
 }
 
+/// The crates under `tsdb/`: every folder with a `Cargo.toml` and a `src/`, fuzz crates aside.
+fn tsdb_crates(tsdb: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        if dir.join("Cargo.toml").is_file() && dir.join("src").is_dir() {
+            out.push(dir.to_path_buf());
+        }
+        for e in std::fs::read_dir(dir).expect("read tsdb/").flatten() {
+            let p = e.path();
+            let name = e.file_name();
+            if p.is_dir() && name != "src" && name != "fuzz" && name != "tests" && name != "target"
+            {
+                walk(&p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(tsdb, &mut out);
+    out.sort();
+    out
+}
+
 #[test]
 fn no_file_under_tsdb_imports_one_that_imports_it_back() {
     let tsdb = workspace_root().join("tsdb");
-    let mut crates = 0;
-    for krate in ["engine", "promql", "objstore", "server"] {
-        let src = tsdb.join(krate).join("src");
+    let crates = tsdb_crates(&tsdb);
+    let names: Vec<String> = crates
+        .iter()
+        .map(|c| c.strip_prefix(&tsdb).unwrap().display().to_string())
+        .collect();
+    for must in [
+        "engine",
+        "promql",
+        "objstore",
+        "server",
+        "server/core",
+        "server/distributor",
+    ] {
+        assert!(
+            names.iter().any(|n| n == must),
+            "tsdb/{must} not found in {names:?}"
+        );
+    }
+    for (krate, dir) in names.iter().zip(&crates) {
+        let src = dir.join("src");
         let graph = import_graph(&src);
-        assert!(graph.len() > 1, "{krate}: no modules found under {src:?}");
-        crates += 1;
+        assert!(!graph.is_empty(), "{krate}: no modules found under {src:?}");
         if let Some(circle) = find_circle(&graph) {
             let names: Vec<String> = circle.iter().map(|m| m.join("::")).collect();
             panic!(
@@ -326,7 +363,29 @@ fn no_file_under_tsdb_imports_one_that_imports_it_back() {
             );
         }
     }
-    assert_eq!(crates, 4);
+}
+
+#[test]
+fn the_roles_are_built_on_the_core_and_never_on_one_another() {
+    let roles = [
+        "rimir-distributor",
+        "rimir-ingester",
+        "rimir-querier",
+        "rimir-compactor",
+    ];
+    for role in roles {
+        let deps = normal_dependencies(role);
+        assert!(deps.iter().any(|d| d == "rimir-core"), "{role}: {deps:?}");
+        let others: Vec<&&str> = roles
+            .iter()
+            .filter(|r| **r != role && deps.iter().any(|d| d == **r))
+            .collect();
+        assert!(others.is_empty(), "{role} depends on {others:?}");
+    }
+    let mut below_roles = roles.to_vec();
+    below_roles.push("aws-");
+    let core = forbidden_in("rimir-core", &below_roles);
+    assert!(core.is_empty(), "rimir-core depends on {core:?}");
 }
 
 #[test]

@@ -41,11 +41,17 @@ pub use store::{
 
 /// Opens the configured bucket. For S3 this loads the AWS SDK configuration (region and
 /// credential chains), hence async; no request is sent until the first operation.
-pub async fn open_bucket(config: &BucketConfig) -> Result<Arc<dyn ObjectStore>> {
-    match config {
-        BucketConfig::Filesystem(fs) => Ok(Arc::new(FilesystemStore::new(&fs.dir)?)),
-        BucketConfig::S3(s3) => Ok(Arc::new(S3Store::from_env(s3).await?)),
-    }
+pub fn open_bucket(config: &BucketConfig) -> BoxFuture<'_, Result<Arc<dyn ObjectStore>>> {
+    Box::pin(async move {
+        match config {
+            BucketConfig::Filesystem(fs) => {
+                Ok(Arc::new(FilesystemStore::new(&fs.dir)?) as Arc<dyn ObjectStore>)
+            }
+            BucketConfig::S3(s3) => {
+                Ok(Arc::new(S3Store::from_env(s3).await?) as Arc<dyn ObjectStore>)
+            }
+        }
+    })
 }
 
 #[cfg(test)]

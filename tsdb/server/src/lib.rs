@@ -1,36 +1,31 @@
-//! The `rimir` server: configuration, the hash ring, the roles (distributor, ingester, querier,
-//! compactor), the HTTP and gRPC APIs, and the `rimir tsdb` CLI. One binary runs any role with
-//! `--target`, or all of them (`--target=all`).
+//! The `rimir` server: it wires the roles for a `--target` (one role, or all of them with
+//! `--target=all`), serves the write path's and the process' HTTP routes, and holds the
+//! `rimir tsdb` CLI. The roles themselves are crates of their own beside this one, so a change
+//! in one role recompiles that role and this thin crate, not the others:
 //!
-//! Built on `rimir-tsdb` (storage engine), `rimir-promql` (query engine) and `rimir-objstore`
-//! (buckets); nothing in those crates imports this one.
+//! - `rimir-core` (`tsdb/server/core`): configuration and limits, metrics, tenant IDs,
+//!   remote-write messages, the ingester's gRPC API, the ring, the ingester pool, metadata;
+//! - `rimir-distributor`, `rimir-ingester`, `rimir-querier`, `rimir-compactor`
+//!   (`tsdb/server/<role>`): one role each, built on `rimir-core` and never on one another.
 //!
-//! Where to start reading: [`server`] wires the roles for a `--target`; the write path is
+//! They are re-exported here under their former module names (`rimir::config`,
+//! `rimir::distributor`, …). Below them sit `rimir-tsdb` (storage engine), `rimir-promql`
+//! (query engine) and `rimir-objstore` (buckets); nothing below imports this crate.
+//!
+//! Where to start reading: [`server::start`] wires the roles; the write path is
 //! [`remote_write`] → [`distributor`] → [`grpc`] → [`ingester`]; the read path is [`api`] →
 //! [`querier`]; [`compactor`] merges the bucket's blocks.
 //!
-//! Modules, lowest first (each group imports only groups before it):
-//! 1. [`config`], [`metrics`], [`tenant`], [`remote_write`], [`cli`], [`runtime`];
-//! 2. [`ring`], [`grpc`], [`metadata`], [`compactor`];
-//! 3. [`ingester`], [`pool`];
-//! 4. [`storage`], [`distributor`], [`querier`];
-//! 5. [`api`];
-//! 6. [`server`], which `main.rs` runs.
+//! Modules, lowest first: [`cli`] (the `rimir tsdb` commands, on `rimir-tsdb` alone), then
+//! [`server`], which `main.rs` runs.
 
-pub mod api;
+pub use rimir_compactor as compactor;
+pub use rimir_core::{
+    config, grpc, metadata, metrics, pool, process, remote_write, ring, runtime, tenant,
+};
+pub use rimir_distributor as distributor;
+pub use rimir_ingester::{ingester, storage};
+pub use rimir_querier::{api, querier};
+
 pub mod cli;
-pub mod compactor;
-pub mod config;
-pub mod distributor;
-pub mod grpc;
-pub mod ingester;
-pub mod metadata;
-pub mod metrics;
-pub mod pool;
-pub mod querier;
-pub mod remote_write;
-pub mod ring;
-pub mod runtime;
 pub mod server;
-pub mod storage;
-pub mod tenant;

@@ -79,13 +79,7 @@ fn main() -> ExitCode {
         _ => a,
     });
     let cli = Cli::parse_from(args);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    rimir::process::init_logging();
     let cfg = match cli.flags.resolve() {
         Ok(c) => c,
         Err(e) => {
@@ -147,7 +141,7 @@ fn main() -> ExitCode {
         });
     }
     rt.block_on(async move {
-        let running = match rimir::server::start(cfg, rimir::storage::open).await {
+        let running = match rimir::server::start(cfg, Box::new(rimir::storage::open)).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("rimir: {e}");

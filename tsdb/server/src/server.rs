@@ -13,14 +13,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::watch;
 
-use crate::config::{Config, Target};
-use crate::distributor::Distributor;
-use crate::grpc::{IngesterServer, IngesterService};
-use crate::ingester::Ingester;
-use crate::metrics::Metrics;
-use crate::pool::IngesterPool;
-use crate::runtime::RuntimeLimits;
-use crate::storage::Storage;
+use rimir_core::BoxFuture;
+use rimir_core::config::{Config, Target};
+use rimir_core::grpc::{IngesterServer, IngesterService};
+use rimir_core::metrics::Metrics;
+use rimir_core::pool::IngesterPool;
+use rimir_core::runtime::RuntimeLimits;
+use rimir_distributor::Distributor;
+use rimir_ingester::ingester::Ingester;
+use rimir_ingester::storage::Storage;
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,13 +38,13 @@ pub enum ServerError {
     },
     /// The configuration is unusable.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] rimir_core::config::ConfigError),
     /// The storage engine could not be set up.
     #[error("setting up storage: {0}")]
     Storage(String),
     /// The runtime-config file is unusable at start.
     #[error(transparent)]
-    RuntimeConfig(#[from] crate::runtime::RuntimeConfigError),
+    RuntimeConfig(#[from] rimir_core::runtime::RuntimeConfigError),
 }
 
 /// Shared state of the HTTP handlers.
@@ -58,7 +59,7 @@ pub struct AppState {
     /// The ingester, when this process runs one.
     pub ingester: Option<Arc<Ingester>>,
     /// The compactor, when this process runs one.
-    pub compactor: Option<Arc<crate::compactor::Compactor>>,
+    pub compactor: Option<Arc<rimir_compactor::Compactor>>,
 }
 
 /// The HTTP routes of the write path and the process endpoints. The querier's Prometheus API
@@ -214,308 +215,306 @@ pub struct Running {
 impl Running {
     /// Stops accepting requests, waits for in-flight ones, and closes the heads (shipping every
     /// block first when `blocks_storage.tsdb.flush_blocks_on_shutdown` is set).
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        if let Some(i) = self.ingester
-            && self.flush_on_shutdown
-            && let Err(e) = i.cut_and_ship(true).await
-        {
-            tracing::warn!(error = %e, "flushing blocks on shutdown");
-        }
+    pub fn shutdown(self) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let _ = self.stop.send(true);
+            for t in self.tasks {
+                let _ = t.await;
+            }
+            if let Some(i) = self.ingester
+                && self.flush_on_shutdown
+                && let Err(e) = i.cut_and_ship(true).await
+            {
+                tracing::warn!(error = %e, "flushing blocks on shutdown");
+            }
+        })
     }
 }
 
+/// Builds the ingester's engine from the config and the limits in force
+/// ([`rimir_ingester::storage::open`], or an in-memory stand-in in tests).
+pub type OpenStorage =
+    Box<dyn FnOnce(&Config, &Arc<RuntimeLimits>) -> Result<Storage, String> + Send>;
+
 /// Starts every role of `cfg.target`; `storage` builds the ingester's engine.
-pub async fn start(
+///
+/// Not generic on purpose: its body, which instantiates the HTTP and gRPC servers, is compiled
+/// once in this crate instead of again in every binary and test that calls it.
+pub fn start(
     cfg: Config,
-    storage: impl FnOnce(&Config) -> Result<Storage, String>,
-) -> Result<Running, ServerError> {
-    cfg.validate()?;
-    let cfg = Arc::new(cfg);
-    let metrics = Arc::new(Metrics::new());
-    let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    let limits = Arc::new(RuntimeLimits::load(cfg.clone())?);
-    metrics.register_with(|r| limits.register(r));
-    tasks.push(tokio::spawn(limits.clone().run(stop_rx.clone())));
+    storage: OpenStorage,
+) -> BoxFuture<'static, Result<Running, ServerError>> {
+    Box::pin(async move {
+        cfg.validate()?;
+        let cfg = Arc::new(cfg);
+        let metrics = Arc::new(Metrics::new());
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let limits = Arc::new(RuntimeLimits::load(cfg.clone())?);
+        metrics.register_with(|r| limits.register(r));
+        tasks.push(tokio::spawn(limits.clone().run(stop_rx.clone())));
 
-    let ingester = if cfg.target.runs_ingester() {
-        let (open, shipper) = storage(&cfg).map_err(ServerError::Storage)?;
-        let ing = Arc::new(Ingester::new(&cfg, open, shipper, metrics.clone()));
-        let replaying = ing.clone();
-        tasks.push(tokio::spawn(async move {
-            match tokio::task::spawn_blocking(move || replaying.replay()).await {
-                Ok(Ok(())) => tracing::info!("WAL replay done, ingester ready"),
-                Ok(Err(e)) => tracing::error!(error = %e, "WAL replay failed"),
-                Err(e) => tracing::error!(error = %e, "WAL replay panicked"),
-            }
-        }));
-        let interval = cfg
-            .blocks_storage
-            .tsdb
-            .head_compaction_interval
-            .0
-            .max(Duration::from_secs(1));
-        tasks.push(tokio::spawn(ing.clone().run(interval, stop_rx.clone())));
-        Some(ing)
-    } else {
-        None
-    };
-
-    let mut grpc_addr = None;
-    if let Some(ing) = &ingester {
-        let addr = format!(
-            "{}:{}",
-            cfg.server.http_listen_address, cfg.server.grpc_listen_port
-        );
-        let listener =
-            tokio::net::TcpListener::bind(&addr)
-                .await
-                .map_err(|e| ServerError::Bind {
-                    what: "gRPC",
-                    addr: addr.clone(),
-                    source: e,
-                })?;
-        grpc_addr = listener.local_addr().ok();
-        let svc: Arc<dyn IngesterService> = ing.clone();
-        let server = IngesterServer::new(svc, cfg.distributor.max_recv_msg_size);
-        let mut rx = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let stopped = async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
-            if let Err(e) = server.serve(listener, stopped).await {
-                tracing::error!(error = %e, "gRPC server");
-            }
-        }));
-    }
-
-    let distributor = if cfg.target.runs_distributor() {
-        let pool = match (&ingester, cfg.target) {
-            (Some(ing), Target::All) => {
-                let svc: Arc<dyn IngesterService> = ing.clone();
-                IngesterPool::local(&cfg.ingester.ring.instance_id, svc, &cfg)
-            }
-            _ => IngesterPool::new(&cfg),
-        };
-        let pool = Arc::new(pool);
-        if cfg.target != Target::All && !cfg.ingester.ring.join_members.is_empty() {
-            let (pool, cfg, mut rx) = (pool.clone(), cfg.clone(), stop_rx.clone());
+        let ingester = if cfg.target.runs_ingester() {
+            let (open, shipper) = storage(&cfg, &limits).map_err(ServerError::Storage)?;
+            let ing = Arc::new(Ingester::new(&cfg, open, shipper, metrics.clone()));
+            let replaying = ing.clone();
             tasks.push(tokio::spawn(async move {
-                let every = cfg
-                    .ingester
-                    .ring
-                    .dns_refresh_interval
+                match tokio::task::spawn_blocking(move || replaying.replay()).await {
+                    Ok(Ok(())) => tracing::info!("WAL replay done, ingester ready"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "WAL replay failed"),
+                    Err(e) => tracing::error!(error = %e, "WAL replay panicked"),
+                }
+            }));
+            let interval = cfg
+                .blocks_storage
+                .tsdb
+                .head_compaction_interval
+                .0
+                .max(Duration::from_secs(1));
+            tasks.push(tokio::spawn(ing.clone().run(interval, stop_rx.clone())));
+            Some(ing)
+        } else {
+            None
+        };
+
+        let mut grpc_addr = None;
+        if let Some(ing) = &ingester {
+            let addr = format!(
+                "{}:{}",
+                cfg.server.http_listen_address, cfg.server.grpc_listen_port
+            );
+            let listener =
+                tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .map_err(|e| ServerError::Bind {
+                        what: "gRPC",
+                        addr: addr.clone(),
+                        source: e,
+                    })?;
+            grpc_addr = listener.local_addr().ok();
+            let svc: Arc<dyn IngesterService> = ing.clone();
+            let server = IngesterServer::new(svc, cfg.distributor.max_recv_msg_size);
+            let mut rx = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let stopped = Box::pin(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                });
+                if let Err(e) = server.serve(listener, stopped).await {
+                    tracing::error!(error = %e, "gRPC server");
+                }
+            }));
+        }
+
+        let distributor = if cfg.target.runs_distributor() {
+            let pool = match (&ingester, cfg.target) {
+                (Some(ing), Target::All) => {
+                    let svc: Arc<dyn IngesterService> = ing.clone();
+                    IngesterPool::local(&cfg.ingester.ring.instance_id, svc, &cfg)
+                }
+                _ => IngesterPool::new(&cfg),
+            };
+            let pool = Arc::new(pool);
+            if cfg.target != Target::All && !cfg.ingester.ring.join_members.is_empty() {
+                let (pool, cfg, mut rx) = (pool.clone(), cfg.clone(), stop_rx.clone());
+                tasks.push(tokio::spawn(async move {
+                    let every = cfg
+                        .ingester
+                        .ring
+                        .dns_refresh_interval
+                        .0
+                        .max(Duration::from_secs(1));
+                    loop {
+                        pool.refresh(&cfg).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(every) => {}
+                            _ = rx.wait_for(|s| *s) => return,
+                        }
+                    }
+                }));
+            }
+            Some(Arc::new(Distributor::new(
+                &cfg,
+                limits.clone(),
+                pool,
+                metrics.clone(),
+            )))
+        } else {
+            None
+        };
+
+        let compactor = if cfg.target.runs_compactor() {
+            let c = Arc::new(open_compactor(&cfg).await?);
+            metrics.register_with(|r| c.metrics().register(r));
+            let (c2, every, mut rx) = (
+                c.clone(),
+                cfg.compactor
+                    .compaction_interval
                     .0
-                    .max(Duration::from_secs(1));
+                    .max(Duration::from_secs(1)),
+                stop_rx.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
                 loop {
-                    pool.refresh(&cfg).await;
+                    if let Err(e) = c2.run_once().await {
+                        tracing::error!(error = %e, "compaction run");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(every) => {}
                         _ = rx.wait_for(|s| *s) => return,
                     }
                 }
             }));
-        }
-        Some(Arc::new(Distributor::new(
-            &cfg,
-            limits.clone(),
-            pool,
-            metrics.clone(),
-        )))
-    } else {
-        None
-    };
+            Some(c)
+        } else {
+            None
+        };
 
-    let compactor = if cfg.target.runs_compactor() {
-        let c = Arc::new(open_compactor(&cfg).await?);
-        metrics.register_with(|r| c.metrics().register(r));
-        let (c2, every, mut rx) = (
-            c.clone(),
-            cfg.compactor
-                .compaction_interval
-                .0
-                .max(Duration::from_secs(1)),
-            stop_rx.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                if let Err(e) = c2.run_once().await {
-                    tracing::error!(error = %e, "compaction run");
+        let query_api = if cfg.target.runs_querier() {
+            let pool = match (&ingester, cfg.target) {
+                (Some(ing), Target::All) => {
+                    let svc: Arc<dyn IngesterService> = ing.clone();
+                    Arc::new(IngesterPool::local(
+                        &cfg.ingester.ring.instance_id,
+                        svc,
+                        &cfg,
+                    ))
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = rx.wait_for(|s| *s) => return,
-                }
-            }
-        }));
-        Some(c)
-    } else {
-        None
-    };
-
-    let query_api = if cfg.target.runs_querier() {
-        let pool = match (&ingester, cfg.target) {
-            (Some(ing), Target::All) => {
-                let svc: Arc<dyn IngesterService> = ing.clone();
-                Arc::new(IngesterPool::local(
-                    &cfg.ingester.ring.instance_id,
-                    svc,
-                    &cfg,
-                ))
-            }
-            _ => {
-                let pool = Arc::new(IngesterPool::new(&cfg));
-                if !cfg.ingester.ring.join_members.is_empty() {
-                    let (pool, cfg, mut rx) = (pool.clone(), cfg.clone(), stop_rx.clone());
-                    tasks.push(tokio::spawn(async move {
-                        let every = cfg
-                            .ingester
-                            .ring
-                            .dns_refresh_interval
-                            .0
-                            .max(Duration::from_secs(1));
-                        loop {
-                            pool.refresh(&cfg).await;
-                            tokio::select! {
-                                _ = tokio::time::sleep(every) => {}
-                                _ = rx.wait_for(|s| *s) => return,
+                _ => {
+                    let pool = Arc::new(IngesterPool::new(&cfg));
+                    if !cfg.ingester.ring.join_members.is_empty() {
+                        let (pool, cfg, mut rx) = (pool.clone(), cfg.clone(), stop_rx.clone());
+                        tasks.push(tokio::spawn(async move {
+                            let every = cfg
+                                .ingester
+                                .ring
+                                .dns_refresh_interval
+                                .0
+                                .max(Duration::from_secs(1));
+                            loop {
+                                pool.refresh(&cfg).await;
+                                tokio::select! {
+                                    _ = tokio::time::sleep(every) => {}
+                                    _ = rx.wait_for(|s| *s) => return,
+                                }
                             }
-                        }
-                    }));
+                        }));
+                    }
+                    pool
                 }
-                pool
-            }
-        };
-        let bucket = crate::storage::bucket_config(&cfg).map_err(ServerError::Storage)?;
-        let store = rimir_objstore::open_bucket(&bucket)
-            .await
+            };
+            let bucket =
+                rimir_ingester::storage::bucket_config(&cfg).map_err(ServerError::Storage)?;
+            let store = rimir_objstore::open_bucket(&bucket)
+                .await
+                .map_err(|e| ServerError::Storage(e.to_string()))?;
+            let q = &cfg.querier;
+            let cache = rimir_objstore::pagecache::PageCache::open(
+                &q.cache_dir,
+                rimir_objstore::pagecache::DEFAULT_PAGE_SIZE,
+                q.cache_max_bytes,
+                Default::default(),
+            )
             .map_err(|e| ServerError::Storage(e.to_string()))?;
-        let q = &cfg.querier;
-        let cache = rimir_objstore::pagecache::PageCache::open(
-            &q.cache_dir,
-            rimir_objstore::pagecache::DEFAULT_PAGE_SIZE,
-            q.cache_max_bytes,
-            Default::default(),
-        )
-        .map_err(|e| ServerError::Storage(e.to_string()))?;
-        metrics.register_with(|r| cache.metrics().register(r));
-        let tenants = crate::querier::QuerierTenants::new(
-            Some(pool),
-            Some(store),
-            Arc::new(cache),
-            q.query_ingesters_within.0,
-            tokio::runtime::Handle::current(),
-        );
-        let engine = rimir_promql::Engine {
-            limits: rimir_promql::Limits {
-                max_fetched_series: q.max_fetched_series_per_query,
-                max_samples: q.max_samples,
-                timeout: q.timeout.0,
-            },
-            ..rimir_promql::Engine::default()
+            metrics.register_with(|r| cache.metrics().register(r));
+            let tenants = rimir_querier::querier::QuerierTenants::new(
+                Some(pool),
+                Some(store),
+                Arc::new(cache),
+                q.query_ingesters_within.0,
+                tokio::runtime::Handle::current(),
+            );
+            let engine = rimir_promql::Engine {
+                limits: rimir_promql::Limits {
+                    max_fetched_series: q.max_fetched_series_per_query,
+                    max_samples: q.max_samples,
+                    timeout: q.timeout.0,
+                },
+                ..rimir_promql::Engine::default()
+            };
+            Some(rimir_querier::api::router(rimir_querier::api::ApiState {
+                tenants: Arc::new(tenants),
+                engine,
+                multitenancy: cfg.multitenancy_enabled,
+            }))
+        } else {
+            None
         };
-        Some(crate::api::router(crate::api::ApiState {
-            tenants: Arc::new(tenants),
-            engine,
-            multitenancy: cfg.multitenancy_enabled,
-        }))
-    } else {
-        None
-    };
 
-    let addr = format!(
-        "{}:{}",
-        cfg.server.http_listen_address, cfg.server.http_listen_port
-    );
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|e| ServerError::Bind {
+        let addr = format!(
+            "{}:{}",
+            cfg.server.http_listen_address, cfg.server.http_listen_port
+        );
+        let listener =
+            tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|e| ServerError::Bind {
+                    what: "HTTP",
+                    addr: addr.clone(),
+                    source: e,
+                })?;
+        let http_addr = listener.local_addr().map_err(|e| ServerError::Bind {
             what: "HTTP",
-            addr: addr.clone(),
+            addr,
             source: e,
         })?;
-    let http_addr = listener.local_addr().map_err(|e| ServerError::Bind {
-        what: "HTTP",
-        addr,
-        source: e,
-    })?;
-    let app = router(AppState {
-        config: cfg.clone(),
-        metrics,
-        distributor,
-        ingester: ingester.clone(),
-        compactor,
-    });
-    let app = match query_api {
-        Some(q) => app.merge(q),
-        None => app,
-    };
-    let mut rx = stop_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let stopped = async move {
-            let _ = rx.wait_for(|s| *s).await;
+        let app = router(AppState {
+            config: cfg.clone(),
+            metrics,
+            distributor,
+            ingester: ingester.clone(),
+            compactor,
+        });
+        let app = match query_api {
+            Some(q) => app.merge(q),
+            None => app,
         };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stopped)
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server");
-        }
-    }));
-    tracing::info!(target = %cfg.target, %http_addr, ?grpc_addr, "rimir started");
-    Ok(Running {
-        http_addr,
-        grpc_addr,
-        stop,
-        tasks,
-        ingester,
-        flush_on_shutdown: cfg.blocks_storage.tsdb.flush_blocks_on_shutdown,
+        let rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = rimir_core::process::serve_http(listener, app, rx).await {
+                tracing::error!(error = %e, "HTTP server");
+            }
+        }));
+        tracing::info!(target = %cfg.target, %http_addr, ?grpc_addr, "rimir started");
+        Ok(Running {
+            http_addr,
+            grpc_addr,
+            stop,
+            tasks,
+            ingester,
+            flush_on_shutdown: cfg.blocks_storage.tsdb.flush_blocks_on_shutdown,
+        })
     })
 }
 
 /// Opens the bucket and builds the compactor of `cfg`.
-pub async fn open_compactor(cfg: &Config) -> Result<crate::compactor::Compactor, ServerError> {
-    let settings = crate::compactor::CompactorSettings::from_config(cfg)?;
-    let bucket = crate::storage::bucket_config(cfg).map_err(ServerError::Storage)?;
-    let store = rimir_objstore::open_bucket(&bucket)
-        .await
-        .map_err(|e| ServerError::Storage(e.to_string()))?;
-    Ok(crate::compactor::Compactor::new(store, settings))
+pub fn open_compactor(
+    cfg: &Config,
+) -> BoxFuture<'_, Result<rimir_compactor::Compactor, ServerError>> {
+    Box::pin(async move {
+        let settings = rimir_compactor::CompactorSettings::from_config(cfg)?;
+        let bucket = rimir_ingester::storage::bucket_config(cfg).map_err(ServerError::Storage)?;
+        let store = rimir_objstore::open_bucket(&bucket)
+            .await
+            .map_err(|e| ServerError::Storage(e.to_string()))?;
+        Ok(rimir_compactor::Compactor::new(store, settings))
+    })
 }
 
-/// Resolves when SIGTERM or Ctrl-C arrives.
-pub async fn termination() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
+pub use rimir_core::process::termination;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingester::tests::{DirShipper, MemTsdb};
-    use crate::ingester::{Shipper, Tsdb, TsdbOpener};
+    use rimir_ingester::ingester::testing::{DirShipper, MemTsdb};
+    use rimir_ingester::ingester::{Shipper, Tsdb, TsdbOpener};
 
-    fn mem_storage(bucket: std::path::PathBuf) -> impl FnOnce(&Config) -> Result<Storage, String> {
-        move |_| {
+    fn mem_storage(bucket: std::path::PathBuf) -> OpenStorage {
+        Box::new(move |_, _| {
             let open: Box<TsdbOpener> = Box::new(|_t: &str, _p: &std::path::Path| {
                 Ok(Arc::new(MemTsdb::default()) as Arc<dyn Tsdb>)
             });
             Ok((open, Arc::new(DirShipper(bucket)) as Arc<dyn Shipper>))
-        }
+        })
     }
 
     async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -568,14 +567,14 @@ mod tests {
         let bucket = d.path().join("bucket");
         let (release, gate) = std::sync::mpsc::channel::<()>();
         let gate = std::sync::Mutex::new(gate);
-        let storage = move |_: &Config| {
+        let storage: OpenStorage = Box::new(move |_, _| {
             let open: Box<TsdbOpener> = Box::new(move |_t: &str, _p: &std::path::Path| {
                 // Replay of the existing tenant blocks until the test releases it.
                 let _ = gate.lock().unwrap().recv();
                 Ok(Arc::new(MemTsdb::default()) as Arc<dyn Tsdb>)
             });
             Ok((open, Arc::new(DirShipper(bucket)) as Arc<dyn Shipper>))
-        };
+        });
         let running = start(cfg, storage).await.unwrap();
         let (code, body) = get(running.http_addr, "/ready").await;
         assert_eq!(
@@ -632,13 +631,13 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as i64;
-        let w = crate::remote_write::WriteRequest {
-            timeseries: vec![crate::remote_write::TimeSeries {
-                labels: vec![crate::remote_write::Label {
+        let w = rimir_core::remote_write::WriteRequest {
+            timeseries: vec![rimir_core::remote_write::TimeSeries {
+                labels: vec![rimir_core::remote_write::Label {
                     name: "__name__".into(),
                     value: "up".into(),
                 }],
-                samples: vec![crate::remote_write::PbSample {
+                samples: vec![rimir_core::remote_write::PbSample {
                     value: 1.0,
                     timestamp: now,
                 }],

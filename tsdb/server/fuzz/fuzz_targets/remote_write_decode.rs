@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-use rimir::remote_write::{MetricMetadata, WriteRequest, WriteRequestRef, encode_series};
+use rimir_core::remote_write::{MetricMetadata, WriteRequest, WriteRequestRef, encode_series};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(req) = WriteRequestRef::decode(data) else {

@@ -16,7 +16,7 @@ use axum::routing::get;
 use promql_parser::parser::Expr;
 
 use crate::querier::TenantSource;
-use crate::tenant::{ANONYMOUS, validate_tenant};
+use rimir_core::tenant::{ANONYMOUS, validate_tenant};
 use rimir_promql::QueryError;
 use rimir_promql::{self, Engine, Value};
 use rimir_tsdb::labels::{Labels, Matcher};
@@ -670,7 +670,7 @@ async fn metadata(
         let metric = p.get("metric").filter(|m| !m.is_empty()).map(String::from);
         let source = state.tenants.queryable(&tenant);
         let all = run_blocking(move || source.metadata(metric.as_deref())).await?;
-        let merged = crate::metadata::merge(all, limit, per_metric);
+        let merged = rimir_core::metadata::merge(all, limit, per_metric);
         let mut out = String::from("{");
         for (i, (name, entries)) in merged.iter().enumerate() {
             if i > 0 {
@@ -684,7 +684,7 @@ async fn metadata(
                 }
                 out.push_str(&format!(
                     "{{\"type\":\"{}\",\"help\":{},\"unit\":{}}}",
-                    crate::metadata::type_name(m.kind),
+                    rimir_core::metadata::type_name(m.kind),
                     json_str(&m.help),
                     json_str(&m.unit)
                 ));
@@ -866,7 +866,7 @@ mod tests {
             assert_eq!(s, n.to_string());
         }
     }
-    use crate::remote_write::MetricMetadata;
+    use rimir_core::remote_write::MetricMetadata;
     use rimir_tsdb::series::Series;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -161,29 +161,34 @@ impl RuntimeLimits {
     }
 
     /// Rereads the file every `runtime_config.period` until `stop` turns true.
-    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        if self.cfg.runtime_config.file.is_none() {
-            return;
-        }
-        let every = self
-            .cfg
-            .runtime_config
-            .period
-            .0
-            .max(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.wait_for(|s| *s) => return,
+    pub fn run(
+        self: Arc<Self>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> crate::BoxFuture<'static, ()> {
+        Box::pin(async move {
+            if self.cfg.runtime_config.file.is_none() {
+                return;
             }
-            match self.reload() {
-                Ok(true) => tracing::info!("runtime config reloaded: new limits in force"),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "runtime config not applied; the last good limits stay in force")
+            let every = self
+                .cfg
+                .runtime_config
+                .period
+                .0
+                .max(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                match self.reload() {
+                    Ok(true) => tracing::info!("runtime config reloaded: new limits in force"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "runtime config not applied; the last good limits stay in force")
+                    }
                 }
             }
-        }
+        })
     }
 }
 

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::runtime::Handle;
 
-use crate::grpc::{LabelRequest, MatcherPb, MetadataRequest, QueryRequest};
-use crate::pool::IngesterPool;
-use crate::remote_write::MetricMetadata;
+use rimir_core::grpc::{LabelRequest, MatcherPb, MetadataRequest, QueryRequest};
+use rimir_core::pool::IngesterPool;
+use rimir_core::remote_write::MetricMetadata;
 use rimir_objstore::layout::block_prefix;
 use rimir_objstore::pagecache::{BucketObject, PageCache};
 use rimir_objstore::{ListEntry, ObjectStore};
@@ -104,7 +104,7 @@ pub fn merge_series(lists: Vec<Vec<Series>>) -> Vec<Series> {
 }
 
 /// The series of a `query_stream` answer.
-fn from_pb(resps: Vec<crate::grpc::QueryStreamResponse>) -> Vec<Series> {
+fn from_pb(resps: Vec<rimir_core::grpc::QueryStreamResponse>) -> Vec<Series> {
     resps
         .into_iter()
         .flat_map(|r| r.series)
@@ -151,7 +151,7 @@ impl IngestersQueryable {
     fn fan_out<T: Send + 'static>(
         &self,
         error: impl FnOnce(String) -> QueryError,
-        call: impl Fn(Arc<dyn crate::grpc::IngesterService>) -> BoxFut<T>,
+        call: impl Fn(Arc<dyn rimir_core::grpc::IngesterService>) -> BoxFut<T>,
     ) -> Result<Vec<T>, QueryError> {
         let ring = self.pool.ring();
         let rf = ring.replication_factor().max(1);

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use tokio::sync::OnceCell;
 
-use crate::config::{Backend, Compression, Config};
 use crate::ingester::{Appended, BoxFuture, Shipper, Tsdb, TsdbOpener};
+use rimir_core::config::{Backend, Compression, Config};
+use rimir_core::runtime::RuntimeLimits;
 use rimir_objstore::{BucketConfig, ObjectStore};
 use rimir_tsdb::block::{self, BlockOptions};
 use rimir_tsdb::head::{Head, HeadOptions, SeriesSamples};
@@ -120,8 +121,9 @@ pub fn bucket_config(cfg: &Config) -> Result<BucketConfig, String> {
     .map_err(|e| e.to_string())
 }
 
-/// Builds the ingester's storage from the config.
-pub fn open(cfg: &Config) -> Result<Storage, String> {
+/// Builds the ingester's storage from the config. A tenant's out-of-order window is read from
+/// `limits` when its head opens, so a head opened after a runtime-config reload follows it.
+pub fn open(cfg: &Config, limits: &Arc<RuntimeLimits>) -> Result<Storage, String> {
     let mut opts = HeadOptions {
         chunk_range_ms: cfg.blocks_storage.tsdb.block_range_ms(),
         ..HeadOptions::default()
@@ -130,14 +132,14 @@ pub fn open(cfg: &Config) -> Result<Storage, String> {
         Compression::None => rimir_tsdb::wal::Compression::None,
         _ => rimir_tsdb::wal::Compression::Snappy,
     };
-    // Limits as of start-up, with the runtime-config file applied: the out-of-order window is
-    // read when a tenant's head opens.
-    let limits = crate::runtime::RuntimeLimits::load(Arc::new(cfg.clone()))
-        .map_err(|e| e.to_string())?
-        .snapshot();
+    let limits = limits.clone();
     let open: Box<TsdbOpener> = Box::new(move |tenant: &str, dir: &Path| {
         let mut opts = opts.clone();
-        opts.out_of_order_window_ms = limits.get(tenant).out_of_order_time_window.as_millis_i64();
+        opts.out_of_order_window_ms = limits
+            .snapshot()
+            .get(tenant)
+            .out_of_order_time_window
+            .as_millis_i64();
         let (head, report) = Head::open(dir, opts).map_err(|e| e.to_string())?;
         tracing::info!(dir = %dir.display(), ?report, "head opened");
         Ok(Arc::new(HeadTsdb { head }) as Arc<dyn Tsdb>)
@@ -152,21 +154,25 @@ pub fn open(cfg: &Config) -> Result<Storage, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grpc::{
+    use crate::ingester::Ingester;
+    use rimir_core::grpc::{
         IngesterService, MatcherPb, PushRequest, PushResponse, SeriesBatch, compress,
         compression_code,
     };
-    use crate::ingester::Ingester;
-    use crate::metrics::Metrics;
-    use crate::remote_write::{LabelRef, encode_series};
+    use rimir_core::metrics::Metrics;
+    use rimir_core::remote_write::{LabelRef, encode_series};
     use rimir_tsdb::series::Sample;
+
+    fn limits(cfg: &Config) -> Arc<RuntimeLimits> {
+        Arc::new(RuntimeLimits::load(Arc::new(cfg.clone())).unwrap())
+    }
 
     /// An ingester over real heads (WAL and all) in `dir`.
     fn head_ingester(dir: &Path) -> Ingester {
         let mut cfg = Config::default();
         cfg.blocks_storage.tsdb.dir = dir.join("tsdb");
         cfg.blocks_storage.filesystem.dir = dir.join("bucket");
-        let (open, shipper) = open(&cfg).unwrap();
+        let (open, shipper) = open(&cfg, &limits(&cfg)).unwrap();
         let ing = Ingester::new(&cfg, open, shipper, Arc::new(Metrics::new()));
         ing.replay().unwrap();
         ing
@@ -186,7 +192,7 @@ mod tests {
         )
         .unwrap();
         let open_ingester = || {
-            let (open, shipper) = open(&cfg).unwrap();
+            let (open, shipper) = open(&cfg, &limits(&cfg)).unwrap();
             let ing = Ingester::new(&cfg, open, shipper, Arc::new(Metrics::new()));
             ing.replay().unwrap();
             ing

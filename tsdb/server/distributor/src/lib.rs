@@ -6,6 +6,11 @@
 //! answered 400 naming the first invalid series; rate limiting rejects the whole request (429);
 //! a series that misses its quorum fails the request with 500, so a client never sees a false
 //! acknowledgement.
+//!
+//! Built on `rimir-core` (limits, ring, ingester pool, gRPC client); it must not import another
+//! role crate, and it holds no HTTP server: the `rimir` crate routes `/api/v1/push` here.
+//!
+//! Where to start reading: [`Distributor::push`].
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -15,14 +20,15 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinSet;
 
-use crate::config::{Compression, Config, Limits};
-use crate::grpc::{PushRequest, SeriesBatch, compress, compression_code};
-use crate::metrics::Metrics;
-use crate::pool::IngesterPool;
-use crate::remote_write::{self, LabelRef, MetricMetadata, WriteRequestRef, encode_series};
-use crate::ring::{Instance, Ring, shard_token};
-use crate::runtime::RuntimeLimits;
-use crate::tenant::{ANONYMOUS, validate_tenant};
+use rimir_core::BoxFuture;
+use rimir_core::config::{Compression, Config, Limits};
+use rimir_core::grpc::{PushRequest, SeriesBatch, compress, compression_code};
+use rimir_core::metrics::Metrics;
+use rimir_core::pool::IngesterPool;
+use rimir_core::remote_write::{self, LabelRef, MetricMetadata, WriteRequestRef, encode_series};
+use rimir_core::ring::{Instance, Ring, shard_token};
+use rimir_core::runtime::RuntimeLimits;
+use rimir_core::tenant::{ANONYMOUS, validate_tenant};
 use rimir_tsdb::labels::{METRIC_NAME, write_go_quoted};
 use rimir_tsdb::series::Sample;
 
@@ -68,7 +74,11 @@ pub struct Distributor {
 }
 
 /// One push to one ingester: its index in the ring, the answer, the seconds it took.
-type PushOutcome = (usize, Result<crate::grpc::PushResponse, tonic::Status>, f64);
+type PushOutcome = (
+    usize,
+    Result<rimir_core::grpc::PushResponse, tonic::Status>,
+    f64,
+);
 
 /// A series that passed validation.
 struct Valid<'r, 'a> {
@@ -116,25 +126,27 @@ impl Distributor {
     /// store yet) makes the answer a 4xx naming it, and is counted in
     /// `rimir_discarded_samples_total` / `rimir_discarded_exemplars_total` by reason; the valid
     /// rest of the request is stored, as Mimir does.
-    pub async fn push(
-        &self,
-        org_id: Option<&str>,
-        content_type: Option<&str>,
-        content_encoding: Option<&str>,
-        body: &[u8],
-    ) -> PushResult {
-        let start = Instant::now();
-        let res = self
-            .push_inner(org_id, content_type, content_encoding, body)
-            .await;
-        self.metrics
-            .push_duration
-            .observe(start.elapsed().as_secs_f64());
-        self.metrics
-            .requests
-            .get_or_create(&Metrics::label("status_code", &res.status.to_string()))
-            .inc();
-        res
+    pub fn push<'a>(
+        &'a self,
+        org_id: Option<&'a str>,
+        content_type: Option<&'a str>,
+        content_encoding: Option<&'a str>,
+        body: &'a [u8],
+    ) -> BoxFuture<'a, PushResult> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let res = self
+                .push_inner(org_id, content_type, content_encoding, body)
+                .await;
+            self.metrics
+                .push_duration
+                .observe(start.elapsed().as_secs_f64());
+            self.metrics
+                .requests
+                .get_or_create(&Metrics::label("status_code", &res.status.to_string()))
+                .inc();
+            res
+        })
     }
 
     /// Resolves the tenant of a request.
@@ -234,7 +246,7 @@ impl Distributor {
             .inc_by(received);
         let mut metadata = Vec::with_capacity(req.metadata().len());
         for m in req.metadata() {
-            match crate::metadata::validate(m, limits.max_metadata_length) {
+            match rimir_core::metadata::validate(m, limits.max_metadata_length) {
                 Ok(()) => metadata.push(m.to_owned()),
                 Err(e) => {
                     self.metrics
@@ -882,13 +894,13 @@ fn validate_series<'r, 'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grpc::IngesterService;
-    use crate::grpc::{
+    use prost::Message;
+    use rimir_core::grpc::IngesterService;
+    use rimir_core::grpc::{
         InfoResponse, LabelRequest, LabelResponse, MetadataRequest, MetadataResponse, PushResponse,
         QueryRequest, QueryStreamResponse, decompress,
     };
-    use crate::remote_write::{Label, PbSample, TimeSeries, WriteRequest};
-    use prost::Message;
+    use rimir_core::remote_write::{Label, PbSample, TimeSeries, WriteRequest};
     use std::io::Write;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
@@ -993,7 +1005,7 @@ mod tests {
                 .collect(),
         );
         for (i, f) in fakes.iter().enumerate() {
-            pool.lock_clients().insert(format!("fake-{i}"), f.clone());
+            pool.insert_client(format!("fake-{i}"), f.clone());
         }
         let limits = Arc::new(RuntimeLimits::load(Arc::new(cfg.clone())).unwrap());
         let d = Distributor::new(cfg, limits, Arc::new(pool), Arc::new(Metrics::new()));
@@ -1458,13 +1470,16 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = crate::grpc::IngesterServer::new(Arc::new(Named("ingester-7")), 1 << 20);
-        let h = tokio::spawn(server.serve(listener, async {
-            let _ = rx.await;
-        }));
+        let server = rimir_core::grpc::IngesterServer::new(Arc::new(Named("ingester-7")), 1 << 20);
+        let h = tokio::spawn(server.serve(
+            listener,
+            Box::pin(async {
+                let _ = rx.await;
+            }),
+        ));
         let mut cfg = Config::default();
         cfg.ingester.ring.join_members = vec![format!("dns+localhost:{port}")];
-        cfg.ingester.ring.instances = vec![crate::config::RingInstance {
+        cfg.ingester.ring.instances = vec![rimir_core::config::RingInstance {
             id: "static-0".into(),
             addr: "127.0.0.1:1".into(),
             zone: String::new(),
@@ -1507,7 +1522,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn nothing_unstored_is_acknowledged() {
-        use crate::remote_write::{Exemplar, HistogramSample};
+        use rimir_core::remote_write::{Exemplar, HistogramSample};
         let cfg = Config::default();
         let (d, fakes) = setup(&cfg, 1);
         let t = now();

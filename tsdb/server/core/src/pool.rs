@@ -60,9 +60,13 @@ impl IngesterPool {
         pool
     }
 
-    pub(crate) fn lock_clients(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<dyn IngesterService>>> {
+    /// Uses `client` for the instance at `addr` instead of dialling it over gRPC: an
+    /// in-process ingester, or a stand-in in tests.
+    pub fn insert_client(&self, addr: impl Into<String>, client: Arc<dyn IngesterService>) {
+        self.lock_clients().insert(addr.into(), client);
+    }
+
+    fn lock_clients(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<dyn IngesterService>>> {
         self.clients.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -95,59 +99,61 @@ impl IngesterPool {
     /// Rebuilds the ring from the static instances plus every address `join_members` resolve
     /// to (`dns+host:port` resolves to one ingester per address; each is asked its name).
     /// Members that cannot be reached keep their previous identity.
-    pub async fn refresh(&self, cfg: &Config) {
-        let r = &cfg.ingester.ring;
-        let mut instances: Vec<Instance> = r
-            .instances
-            .iter()
-            .map(|i| Instance {
-                id: i.id.clone(),
-                addr: i.addr.clone(),
-                zone: i.zone.clone(),
-            })
-            .collect();
-        let previous = self.ring();
-        for member in &r.join_members {
-            let (dns, hostport) = match member.strip_prefix("dns+") {
-                Some(h) => (true, h),
-                None => (false, member.as_str()),
-            };
-            let addrs: Vec<String> = if dns {
-                match tokio::net::lookup_host(hostport).await {
-                    Ok(it) => it.map(|a| a.to_string()).collect(),
-                    Err(e) => {
-                        tracing::warn!(member, error = %e, "resolving ring member");
-                        previous
-                            .instances()
-                            .iter()
-                            .map(|i| i.addr.clone())
-                            .collect()
+    pub fn refresh<'a>(&'a self, cfg: &'a Config) -> crate::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let r = &cfg.ingester.ring;
+            let mut instances: Vec<Instance> = r
+                .instances
+                .iter()
+                .map(|i| Instance {
+                    id: i.id.clone(),
+                    addr: i.addr.clone(),
+                    zone: i.zone.clone(),
+                })
+                .collect();
+            let previous = self.ring();
+            for member in &r.join_members {
+                let (dns, hostport) = match member.strip_prefix("dns+") {
+                    Some(h) => (true, h),
+                    None => (false, member.as_str()),
+                };
+                let addrs: Vec<String> = if dns {
+                    match tokio::net::lookup_host(hostport).await {
+                        Ok(it) => it.map(|a| a.to_string()).collect(),
+                        Err(e) => {
+                            tracing::warn!(member, error = %e, "resolving ring member");
+                            previous
+                                .instances()
+                                .iter()
+                                .map(|i| i.addr.clone())
+                                .collect()
+                        }
+                    }
+                } else {
+                    vec![hostport.to_string()]
+                };
+                for addr in addrs {
+                    let known = previous
+                        .instances()
+                        .iter()
+                        .find(|i| i.addr == addr)
+                        .cloned();
+                    let info = match self.client(&addr) {
+                        Ok(c) => c.info().await.ok(),
+                        Err(_) => None,
+                    };
+                    match (info, known) {
+                        (Some(info), _) => instances.push(Instance {
+                            id: info.id,
+                            addr,
+                            zone: info.zone,
+                        }),
+                        (None, Some(k)) => instances.push(k),
+                        (None, None) => tracing::warn!(addr, "ring member did not answer Info"),
                     }
                 }
-            } else {
-                vec![hostport.to_string()]
-            };
-            for addr in addrs {
-                let known = previous
-                    .instances()
-                    .iter()
-                    .find(|i| i.addr == addr)
-                    .cloned();
-                let info = match self.client(&addr) {
-                    Ok(c) => c.info().await.ok(),
-                    Err(_) => None,
-                };
-                match (info, known) {
-                    (Some(info), _) => instances.push(Instance {
-                        id: info.id,
-                        addr,
-                        zone: info.zone,
-                    }),
-                    (None, Some(k)) => instances.push(k),
-                    (None, None) => tracing::warn!(addr, "ring member did not answer Info"),
-                }
             }
-        }
-        self.set_ring(instances);
+            self.set_ring(instances);
+        })
     }
 }

@@ -14,21 +14,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::Status;
 
-use crate::config::Config;
-use crate::grpc::{
+use rimir_core::config::Config;
+use rimir_core::grpc::{
     InfoResponse, IngesterService, LabelRequest, LabelResponse, MatcherPb, MetadataRequest,
     MetadataResponse, PushRequest, PushResponse, QueryRequest, QueryStreamResponse, SeriesBatch,
     SeriesPb, decompress,
 };
-use crate::metadata::MetadataStore;
-use crate::metrics::Metrics;
-use crate::remote_write::{Label as PbLabel, PbSample, WriteRequestRef};
+use rimir_core::metadata::MetadataStore;
+use rimir_core::metrics::Metrics;
+use rimir_core::remote_write::{Label as PbLabel, PbSample, WriteRequestRef};
 use rimir_tsdb::head::SeriesSamples;
 use rimir_tsdb::labels::{DisplayRefs, MatchType, Matcher};
 use rimir_tsdb::series::Series;
 
-/// A boxed future.
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+pub use rimir_core::BoxFuture;
 
 /// What an append to a tenant's head stored and refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -177,7 +176,7 @@ impl Ingester {
         for entry in rd.flatten() {
             if entry.path().is_dir()
                 && let Some(name) = entry.file_name().to_str()
-                && crate::tenant::validate_tenant(name).is_ok()
+                && rimir_core::tenant::validate_tenant(name).is_ok()
             {
                 self.tenant(name)?;
             }
@@ -231,23 +230,25 @@ impl Ingester {
     /// Cuts every complete block range older than 1.5 ranges before the head's newest sample
     /// (Prometheus' rule), or with `all` every range holding samples, then ships unshipped
     /// blocks and deletes local blocks past retention. Returns the blocks shipped.
-    pub async fn cut_and_ship(&self, all: bool) -> Result<usize, String> {
-        let mut shipped = 0;
-        let mut first_error = None;
-        for (name, t) in self.tenants() {
-            // One tenant's failure (a full disk, an unreachable bucket) must not stop the others.
-            match self.cut_and_ship_tenant(&name, &t, all).await {
-                Ok(n) => shipped += n,
-                Err(e) => {
-                    tracing::warn!(tenant = %name, error = %e, "cutting or shipping blocks");
-                    first_error.get_or_insert(e);
+    pub fn cut_and_ship(&self, all: bool) -> BoxFuture<'_, Result<usize, String>> {
+        Box::pin(async move {
+            let mut shipped = 0;
+            let mut first_error = None;
+            for (name, t) in self.tenants() {
+                // One tenant's failure (a full disk, an unreachable bucket) must not stop the others.
+                match self.cut_and_ship_tenant(&name, &t, all).await {
+                    Ok(n) => shipped += n,
+                    Err(e) => {
+                        tracing::warn!(tenant = %name, error = %e, "cutting or shipping blocks");
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(shipped),
-        }
+            match first_error {
+                Some(e) => Err(e),
+                None => Ok(shipped),
+            }
+        })
     }
 
     async fn cut_and_ship_tenant(
@@ -331,23 +332,25 @@ impl Ingester {
     }
 
     /// Runs block cutting and shipping every `interval` until `stop` fires.
-    pub async fn run(
+    pub fn run(
         self: Arc<Self>,
         interval: Duration,
         mut stop: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let mut tick = tokio::time::interval(interval);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    if let Err(e) = self.cut_and_ship(false).await {
-                        tracing::warn!(error = %e, "block cutting or shipping");
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(e) = self.cut_and_ship(false).await {
+                            tracing::warn!(error = %e, "block cutting or shipping");
+                        }
                     }
+                    _ = stop.changed() => return,
                 }
-                _ = stop.changed() => return,
             }
-        }
+        })
     }
 }
 
@@ -504,7 +507,7 @@ impl Ingester {
         if !self.is_ready() {
             return Err(Status::unavailable("ingester is replaying its WAL"));
         }
-        crate::tenant::validate_tenant(tenant).map_err(Status::invalid_argument)?;
+        rimir_core::tenant::validate_tenant(tenant).map_err(Status::invalid_argument)?;
         self.tenant(tenant).map_err(internal)
     }
 
@@ -548,7 +551,7 @@ impl IngesterService for Ingester {
             if !self.is_ready() {
                 return Err(Status::unavailable("ingester is replaying its WAL"));
             }
-            crate::tenant::validate_tenant(&req.tenant).map_err(Status::invalid_argument)?;
+            rimir_core::tenant::validate_tenant(&req.tenant).map_err(Status::invalid_argument)?;
             self.metadata.add(&req.tenant, &req.metadata);
             return Ok(PushResponse::default());
         }
@@ -689,18 +692,23 @@ impl IngesterService for Ingester {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::grpc::{compress, compression_code};
-    use crate::remote_write::{LabelRef, encode_series};
-    use rimir_tsdb::labels::Labels;
-    use rimir_tsdb::series::Sample;
+/// In-memory stand-ins for a tenant's head and for the bucket, for tests of the roles that
+/// hold an [`Ingester`] without the storage engine.
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use super::{Appended, BoxFuture, Shipper, Tsdb};
+    use rimir_tsdb::head::SeriesSamples;
+    use rimir_tsdb::labels::{Labels, Matcher};
+    use rimir_tsdb::series::{Sample, Series};
 
     /// An in-memory head that writes blocks as a `meta.json` holding its series.
     #[derive(Default)]
-    pub(crate) struct MemTsdb {
-        series: Mutex<std::collections::BTreeMap<Labels, Vec<Sample>>>,
+    pub struct MemTsdb {
+        series: Mutex<BTreeMap<Labels, Vec<Sample>>>,
     }
 
     impl Tsdb for MemTsdb {
@@ -772,7 +780,7 @@ pub(crate) mod tests {
     }
 
     /// Copies shipped blocks into a directory.
-    pub(crate) struct DirShipper(pub PathBuf);
+    pub struct DirShipper(pub PathBuf);
 
     impl Shipper for DirShipper {
         fn ship<'a>(
@@ -789,6 +797,15 @@ pub(crate) mod tests {
             })
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{DirShipper, MemTsdb};
+    use super::*;
+    use rimir_core::grpc::{compress, compression_code};
+    use rimir_core::remote_write::{LabelRef, encode_series};
+    use rimir_tsdb::series::Sample;
 
     fn push_req(tenant: &str, series: &[(&str, &[Sample])], max_series: u64) -> PushRequest {
         let mut payload = Vec::new();
@@ -804,8 +821,8 @@ pub(crate) mod tests {
         }
         PushRequest {
             tenant: tenant.into(),
-            compression: compression_code(crate::config::Compression::Snappy),
-            payload: compress(crate::config::Compression::Snappy, &payload).into(),
+            compression: compression_code(rimir_core::config::Compression::Snappy),
+            payload: compress(rimir_core::config::Compression::Snappy, &payload).into(),
             max_series,
             metadata: Vec::new(),
         }
@@ -896,7 +913,7 @@ pub(crate) mod tests {
         let d = tempfile::tempdir().unwrap();
         let ing = ingester(&d.path().join("tsdb"), &d.path().join("bucket"));
         ing.replay().unwrap();
-        let md = |name: &str, kind: i32| crate::remote_write::MetricMetadata {
+        let md = |name: &str, kind: i32| rimir_core::remote_write::MetricMetadata {
             r#type: kind,
             metric_family_name: name.into(),
             help: format!("About {name}."),

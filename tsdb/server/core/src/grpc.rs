@@ -392,19 +392,22 @@ impl IngesterServer {
         }
     }
 
-    /// Serves on `listener` until `shutdown` completes.
-    pub async fn serve(
+    /// Serves on `listener` until `shutdown` completes. (The future is boxed so that the
+    /// server's code is compiled once, here, not in every crate that starts one.)
+    pub fn serve(
         self,
         listener: tokio::net::TcpListener,
-        shutdown: impl std::future::Future<Output = ()> + Send,
-    ) -> Result<(), tonic::transport::Error> {
-        tonic::transport::Server::builder()
-            .add_service(self)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                shutdown,
-            )
-            .await
+        shutdown: crate::BoxFuture<'static, ()>,
+    ) -> crate::BoxFuture<'static, Result<(), tonic::transport::Error>> {
+        Box::pin(async move {
+            tonic::transport::Server::builder()
+                .add_service(self)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown,
+                )
+                .await
+        })
     }
 }
 
@@ -755,9 +758,12 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = IngesterServer::new(fake.clone(), 1 << 20);
-        let handle = tokio::spawn(server.serve(listener, async {
-            let _ = rx.await;
-        }));
+        let handle = tokio::spawn(server.serve(
+            listener,
+            Box::pin(async {
+                let _ = rx.await;
+            }),
+        ));
         let client =
             IngesterClient::new(&addr.to_string(), Duration::from_secs(5), 1 << 20).unwrap();
         let mut payload = Vec::new();

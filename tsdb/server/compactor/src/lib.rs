@@ -2,6 +2,11 @@
 //! ranges along `block_ranges` (2h → 12h → 24h), applies retention, deletes marked blocks after
 //! the deletion delay, removes stale partial uploads and writes the bucket index — all within
 //! the free space of its data directory, skipping (and reporting) jobs that do not fit.
+//!
+//! Built on `rimir-core` (configuration), `rimir-tsdb` (block merging) and `rimir-objstore`;
+//! it must not import another role crate.
+//!
+//! Where to start reading: [`Compactor::from_config`], then [`Compactor::run_once`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,6 +21,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use rimir_core::BoxFuture;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -113,7 +119,9 @@ impl Default for CompactorSettings {
 impl CompactorSettings {
     /// The settings of `cfg`'s `compactor` section, `limits.compactor_blocks_retention_period`
     /// (with per-tenant overrides) and `compression.cold`.
-    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, crate::config::ConfigError> {
+    pub fn from_config(
+        cfg: &rimir_core::config::Config,
+    ) -> Result<Self, rimir_core::config::ConfigError> {
         let c = &cfg.compactor;
         let limits = cfg.tenant_limits()?;
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
@@ -133,9 +141,9 @@ impl CompactorSettings {
                 .collect(),
             partial_block_deletion_delay: c.partial_block_deletion_delay.0,
             cold: match cfg.compression.cold {
-                crate::config::Compression::None => Compression::None,
-                crate::config::Compression::Gzip => Compression::Gzip,
-                crate::config::Compression::Snappy => Compression::Snappy,
+                rimir_core::config::Compression::None => Compression::None,
+                rimir_core::config::Compression::Gzip => Compression::Gzip,
+                rimir_core::config::Compression::Snappy => Compression::Snappy,
             },
             max_data_dir_bytes: (c.max_data_dir_bytes > 0).then_some(c.max_data_dir_bytes),
         })
@@ -442,26 +450,28 @@ impl Compactor {
     }
 
     /// Runs one full pass over every tenant of the bucket.
-    pub async fn run_once(&self) -> Result<RunReport, CompactorError> {
-        let start = Instant::now();
-        self.metrics.runs.inc();
-        let result = self.run_inner().await;
-        self.metrics.duration.observe(start.elapsed().as_secs_f64());
-        match &result {
-            Ok(r) => {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs_f64();
-                self.metrics.last_success.set(now);
-                *self.skipped.lock().expect("status lock") = r.skipped.clone();
+    pub fn run_once(&self) -> BoxFuture<'_, Result<RunReport, CompactorError>> {
+        Box::pin(async move {
+            let start = Instant::now();
+            self.metrics.runs.inc();
+            let result = self.run_inner().await;
+            self.metrics.duration.observe(start.elapsed().as_secs_f64());
+            match &result {
+                Ok(r) => {
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64();
+                    self.metrics.last_success.set(now);
+                    *self.skipped.lock().expect("status lock") = r.skipped.clone();
+                }
+                Err(e) => {
+                    self.metrics.run_failures.inc();
+                    tracing::error!(error = %e, "compaction run failed");
+                }
             }
-            Err(e) => {
-                self.metrics.run_failures.inc();
-                tracing::error!(error = %e, "compaction run failed");
-            }
-        }
-        result
+            result
+        })
     }
 
     async fn run_inner(&self) -> Result<RunReport, CompactorError> {
