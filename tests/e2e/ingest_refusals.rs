@@ -6,38 +6,11 @@
 //! The remote-write 2.0 and native-histogram refusals are covered request by request in the
 //! distributor's unit tests.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rimir_e2e::rimir::{Rimir, get, metric_values, now_ms};
-use rimir_e2e::{ChildGuard, free_port};
-
-/// Serves one OpenMetrics page, forever, on a background thread; returns its port.
-fn serve_openmetrics(page: String) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind target");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
-                page.len()
-            );
-        }
-    });
-    port
-}
+use rimir_e2e::{ChildGuard, free_port, serve_page};
 
 #[test]
 fn exemplars_from_prometheus_are_refused_by_name_and_their_samples_stored() {
@@ -61,12 +34,15 @@ fn exemplars_from_prometheus_are_refused_by_name_and_their_samples_stored() {
     rimir.wait_ready();
 
     let exemplar_ts = now_ms() as f64 / 1000.0;
-    let target = serve_openmetrics(format!(
-        "# TYPE checkout_requests counter\n\
+    let target = serve_page(
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        format!(
+            "# TYPE checkout_requests counter\n\
          # HELP checkout_requests Checkout requests served.\n\
          checkout_requests_total{{path=\"/pay\"}} 17 # {{trace_id=\"4bf92f3577b34da6\"}} 1.0 {exemplar_ts:.3}\n\
          # EOF\n"
-    ));
+        ),
+    );
     let prom_port = free_port();
     let config = format!(
         r#"global:

@@ -45,6 +45,33 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// Serves one page with `content_type` to every request, forever, on a background thread (a
+/// scrape target for a real Prometheus); returns its port on 127.0.0.1.
+pub fn serve_page(content_type: &'static str, page: String) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind target");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    port
+}
+
 /// A child process killed (SIGKILL) and reaped when dropped.
 pub struct ChildGuard(pub Child);
 

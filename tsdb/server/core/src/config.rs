@@ -293,6 +293,8 @@ pub struct DistributorConfig {
     pub max_recv_msg_size: usize,
     /// Deadline of one push to one ingester.
     pub remote_timeout: GoDuration,
+    /// Deduplication of HA Prometheus pairs (`distributor.ha_tracker.*`).
+    pub ha_tracker: HaTrackerConfig,
 }
 
 impl Default for DistributorConfig {
@@ -300,6 +302,39 @@ impl Default for DistributorConfig {
         Self {
             max_recv_msg_size: 100 << 20,
             remote_timeout: GoDuration::seconds(2),
+            ha_tracker: HaTrackerConfig::default(),
+        }
+    }
+}
+
+/// `distributor.ha_tracker.*`: of the replicas of one Prometheus HA pair (series with the same
+/// `limits.ha_cluster_label` and different `limits.ha_replica_label`), only the elected
+/// replica's samples are stored. The election of each (tenant, cluster) is held by the
+/// ingester that owns it on the ring, so every distributor agrees on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaTrackerConfig {
+    /// Turns the tracker on; a tenant's pushes are deduplicated when its
+    /// `limits.accept_ha_samples` is also true (false).
+    pub enable_ha_tracker: bool,
+    /// How long a distributor trusts its cached election before it asks the ingester again,
+    /// which also tells the ingester the elected replica is alive (15s).
+    pub ha_tracker_update_timeout: GoDuration,
+    /// Up to this much random time is added to each update timeout, so that the distributors'
+    /// refreshes spread out (5s).
+    pub ha_tracker_update_timeout_jitter_max: GoDuration,
+    /// After this long without samples from the elected replica, the next replica that pushes
+    /// is elected (30s). Must exceed the update timeout plus its jitter.
+    pub ha_tracker_failover_timeout: GoDuration,
+}
+
+impl Default for HaTrackerConfig {
+    fn default() -> Self {
+        Self {
+            enable_ha_tracker: false,
+            ha_tracker_update_timeout: GoDuration::seconds(15),
+            ha_tracker_update_timeout_jitter_max: GoDuration::seconds(5),
+            ha_tracker_failover_timeout: GoDuration::seconds(30),
         }
     }
 }
@@ -622,6 +657,13 @@ pub struct Limits {
     /// stored out of order (0 = samples must arrive in order per series, Prometheus' default).
     /// Read when the tenant's head opens: a change takes effect when the ingester restarts.
     pub out_of_order_time_window: GoDuration,
+    /// Deduplicate this tenant's HA Prometheus pairs when `distributor.ha_tracker` is enabled
+    /// (false).
+    pub accept_ha_samples: bool,
+    /// The label naming a Prometheus HA pair (`cluster`).
+    pub ha_cluster_label: String,
+    /// The label naming a replica of a pair (`__replica__`); removed from stored series.
+    pub ha_replica_label: String,
 }
 
 impl Default for Limits {
@@ -637,6 +679,9 @@ impl Default for Limits {
             max_metadata_length: 1024,
             compactor_blocks_retention_period: GoDuration(std::time::Duration::ZERO),
             out_of_order_time_window: GoDuration(std::time::Duration::ZERO),
+            accept_ha_samples: false,
+            ha_cluster_label: "cluster".into(),
+            ha_replica_label: "__replica__".into(),
         }
     }
 }
@@ -676,6 +721,17 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "ingester.ring.replication_factor must be at least 1".into(),
             ));
+        }
+        let ha = &self.distributor.ha_tracker;
+        if ha.ha_tracker_failover_timeout.0
+            <= ha.ha_tracker_update_timeout.0 + ha.ha_tracker_update_timeout_jitter_max.0
+        {
+            return Err(ConfigError::Invalid(format!(
+                "distributor.ha_tracker.ha_tracker_failover_timeout ({}) must be greater than ha_tracker_update_timeout ({}) plus ha_tracker_update_timeout_jitter_max ({}): a live replica would be replaced",
+                ha.ha_tracker_failover_timeout,
+                ha.ha_tracker_update_timeout,
+                ha.ha_tracker_update_timeout_jitter_max
+            )));
         }
         if self.blocks_storage.tsdb.block_range_ms() <= 0 {
             return Err(ConfigError::Invalid(
@@ -855,6 +911,27 @@ pub struct Flags {
     /// How often the runtime-config file is read again.
     #[arg(long = "runtime-config.reload-period")]
     pub runtime_config_period: Option<GoDuration>,
+    /// Turn the HA tracker on.
+    #[arg(long = "distributor.ha-tracker.enable")]
+    pub ha_tracker_enable: Option<bool>,
+    /// Deduplicate every tenant's HA pairs (`limits.accept_ha_samples`).
+    #[arg(long = "distributor.ha-tracker.enable-for-all-users")]
+    pub accept_ha_samples: Option<bool>,
+    /// The HA pair label (`limits.ha_cluster_label`).
+    #[arg(long = "distributor.ha-tracker.cluster")]
+    pub ha_cluster_label: Option<String>,
+    /// The replica label (`limits.ha_replica_label`).
+    #[arg(long = "distributor.ha-tracker.replica")]
+    pub ha_replica_label: Option<String>,
+    /// How long a cached election is trusted.
+    #[arg(long = "distributor.ha-tracker.update-timeout")]
+    pub ha_tracker_update_timeout: Option<GoDuration>,
+    /// Random time added to the update timeout, at most.
+    #[arg(long = "distributor.ha-tracker.update-timeout-jitter-max")]
+    pub ha_tracker_update_timeout_jitter_max: Option<GoDuration>,
+    /// Silence of the elected replica after which another is elected.
+    #[arg(long = "distributor.ha-tracker.failover-timeout")]
+    pub ha_tracker_failover_timeout: Option<GoDuration>,
 }
 
 impl Flags {
@@ -918,6 +995,23 @@ impl Flags {
             &mut cfg.limits.max_global_series_per_user,
             &self.max_global_series_per_user,
         );
+        let ha = &mut cfg.distributor.ha_tracker;
+        set(&mut ha.enable_ha_tracker, &self.ha_tracker_enable);
+        set(
+            &mut ha.ha_tracker_update_timeout,
+            &self.ha_tracker_update_timeout,
+        );
+        set(
+            &mut ha.ha_tracker_update_timeout_jitter_max,
+            &self.ha_tracker_update_timeout_jitter_max,
+        );
+        set(
+            &mut ha.ha_tracker_failover_timeout,
+            &self.ha_tracker_failover_timeout,
+        );
+        set(&mut cfg.limits.accept_ha_samples, &self.accept_ha_samples);
+        set(&mut cfg.limits.ha_cluster_label, &self.ha_cluster_label);
+        set(&mut cfg.limits.ha_replica_label, &self.ha_replica_label);
         if !self.instances.is_empty() {
             cfg.ingester.ring.instances = self
                 .instances
@@ -1065,5 +1159,57 @@ compression: {hot: none}
         assert_eq!(c.server.http_listen_port, 2);
         assert_eq!(c.ingester.ring.instances[0].id, "i0");
         assert_eq!(c.ingester.ring.instances[0].zone, "z1");
+    }
+
+    #[test]
+    fn ha_tracker_keys_parse_and_a_failover_shorter_than_the_refresh_is_refused() {
+        let c = Config::from_yaml(
+            "distributor:\n  ha_tracker:\n    enable_ha_tracker: true\n    ha_tracker_failover_timeout: 1m\n\
+             limits: {accept_ha_samples: true}\n\
+             overrides:\n  team: {ha_cluster_label: dc, ha_replica_label: prom_replica}\n",
+            "test",
+        )
+        .unwrap();
+        assert!(c.distributor.ha_tracker.enable_ha_tracker);
+        assert_eq!(
+            c.distributor.ha_tracker.ha_tracker_update_timeout,
+            GoDuration::seconds(15)
+        );
+        let tl = c.tenant_limits().unwrap();
+        assert_eq!(
+            (
+                tl.get("team").ha_cluster_label.as_str(),
+                tl.get("team").ha_replica_label.as_str()
+            ),
+            ("dc", "prom_replica")
+        );
+        assert!(
+            tl.get("team").accept_ha_samples,
+            "the default applies under the override"
+        );
+        assert_eq!(tl.get("other").ha_replica_label, "__replica__");
+        let e = Config::from_yaml(
+            "distributor: {ha_tracker: {ha_tracker_update_timeout: 20s, ha_tracker_failover_timeout: 24s}}\n",
+            "test",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("ha_tracker_failover_timeout (24s) must be greater than ha_tracker_update_timeout (20s) plus ha_tracker_update_timeout_jitter_max (5s)"),
+            "{e}"
+        );
+        let flags = Flags {
+            ha_tracker_enable: Some(true),
+            ha_replica_label: Some("replica".into()),
+            ha_tracker_failover_timeout: Some(GoDuration::seconds(40)),
+            ..Default::default()
+        };
+        let c = flags.resolve().unwrap();
+        assert!(c.distributor.ha_tracker.enable_ha_tracker);
+        assert_eq!(c.limits.ha_replica_label, "replica");
+        assert_eq!(
+            c.distributor.ha_tracker.ha_tracker_failover_timeout,
+            GoDuration::seconds(40)
+        );
     }
 }

@@ -61,6 +61,36 @@ pub struct PushResponse {
     pub errors: Vec<String>,
 }
 
+/// A distributor's question to the ingester holding an HA cluster's election: may `replica`
+/// write for (`tenant`, `cluster`)? Asking on behalf of the elected replica also records it
+/// as alive.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HaElectRequest {
+    /// Tenant.
+    #[prost(string, tag = "1")]
+    pub tenant: String,
+    /// The value of the tenant's `ha_cluster_label`.
+    #[prost(string, tag = "2")]
+    pub cluster: String,
+    /// The value of the tenant's `ha_replica_label` on the push being decided.
+    #[prost(string, tag = "3")]
+    pub replica: String,
+    /// After this long without news of the elected replica, `replica` takes over.
+    #[prost(uint64, tag = "4")]
+    pub failover_timeout_ms: u64,
+}
+
+/// The election of an HA cluster after a [`HaElectRequest`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HaElectResponse {
+    /// The elected replica.
+    #[prost(string, tag = "1")]
+    pub elected: String,
+    /// How long ago, by the ingester's clock, the elected replica was last reported.
+    #[prost(uint64, tag = "2")]
+    pub last_seen_age_ms: u64,
+}
+
 /// A label matcher on the wire.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MatcherPb {
@@ -302,6 +332,8 @@ pub trait IngesterService: Send + Sync + 'static {
     async fn info(&self) -> Result<InfoResponse, Status>;
     /// A tenant's metric metadata.
     async fn metrics_metadata(&self, req: MetadataRequest) -> Result<MetadataResponse, Status>;
+    /// Decides an HA cluster's election ([`crate::ha::HaElections`]).
+    async fn ha_elect(&self, req: HaElectRequest) -> Result<HaElectResponse, Status>;
     /// The series `query_stream` would stream, handed over without the wire encoding when the
     /// ingester runs in this process (`--target=all`); `None` for a remote ingester, whose
     /// callers use `query_stream`.
@@ -440,6 +472,8 @@ unary!(LabelValuesSvc, LabelRequest, LabelResponse, |i, r| i
 unary!(InfoSvc, InfoRequest, InfoResponse, |i, _r| i.info());
 unary!(MetadataSvc, MetadataRequest, MetadataResponse, |i, r| i
     .metrics_metadata(r));
+unary!(HaElectSvc, HaElectRequest, HaElectResponse, |i, r| i
+    .ha_elect(r));
 
 type QueryStream = std::pin::Pin<
     Box<dyn tokio_stream_alias::Stream<Item = Result<QueryStreamResponse, Status>> + Send>,
@@ -512,6 +546,11 @@ where
             "/rimir.Ingester/Info" => Box::pin(async move {
                 Ok(grpc!(Codec<InfoResponse, InfoRequest>)
                     .unary(InfoSvc(inner), req)
+                    .await)
+            }),
+            "/rimir.Ingester/HaElect" => Box::pin(async move {
+                Ok(grpc!(Codec<HaElectResponse, HaElectRequest>)
+                    .unary(HaElectSvc(inner), req)
                     .await)
             }),
             "/rimir.Ingester/MetricsMetadata" => Box::pin(async move {
@@ -624,6 +663,10 @@ impl IngesterService for IngesterClient {
     async fn metrics_metadata(&self, req: MetadataRequest) -> Result<MetadataResponse, Status> {
         self.unary("/rimir.Ingester/MetricsMetadata", req).await
     }
+
+    async fn ha_elect(&self, req: HaElectRequest) -> Result<HaElectResponse, Status> {
+        self.unary("/rimir.Ingester/HaElect", req).await
+    }
 }
 
 /// Binds a gRPC listener on `addr`.
@@ -639,6 +682,7 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         pushes: Mutex<Vec<PushRequest>>,
+        ha: crate::ha::HaElections,
     }
 
     #[tonic::async_trait]
@@ -698,6 +742,9 @@ mod tests {
                 .filter(|m| req.metric.is_empty() || m.metric_family_name == req.metric)
                 .collect();
             Ok(MetadataResponse { metadata })
+        }
+        async fn ha_elect(&self, req: HaElectRequest) -> Result<HaElectResponse, Status> {
+            Ok(self.ha.elect(&req, std::time::Instant::now()).response)
         }
     }
 
@@ -815,6 +862,18 @@ mod tests {
             .unwrap();
         assert_eq!(batches.len(), 3);
         assert_eq!(batches[2].series[0].labels[0].value, "t9-2");
+        for (replica, elected) in [("b", "b"), ("a", "b")] {
+            let r = client
+                .ha_elect(HaElectRequest {
+                    tenant: "t1".into(),
+                    cluster: "prom".into(),
+                    replica: replica.into(),
+                    failover_timeout_ms: 30_000,
+                })
+                .await
+                .unwrap();
+            assert_eq!(r.elected, elected, "asked for {replica}");
+        }
         assert_eq!(client.info().await.unwrap().id, "ingester-7");
         let v = client
             .label_values(LabelRequest {

@@ -1,7 +1,7 @@
 //! What every rimir role shares, and nothing role-specific: the `rimir.yaml` configuration and
 //! the per-tenant limits in force, the process' metrics, tenant IDs, the remote-write messages,
 //! the ingester's gRPC API (messages, service, client), the hash ring, the pool of ingester
-//! clients, metric metadata, and the process' logging, HTTP serving and signal handling.
+//! clients, the HA tracker's elections, metric metadata, and the process' logging, HTTP serving and signal handling.
 //!
 //! It must not import a role crate (`rimir-distributor`, `rimir-ingester`, `rimir-querier`,
 //! `rimir-compactor`) nor the `rimir` binary's crate — Cargo refuses the circle — and it holds
@@ -13,10 +13,11 @@
 //! Modules, lowest first (each group imports only groups before it):
 //! 1. [`config`], [`metrics`], [`tenant`], [`remote_write`];
 //! 2. [`runtime`], [`ring`], [`grpc`], [`metadata`], [`process`];
-//! 3. [`pool`].
+//! 3. [`pool`], [`ha`].
 
 pub mod config;
 pub mod grpc;
+pub mod ha;
 pub mod metadata;
 pub mod metrics;
 pub mod pool;

@@ -51,6 +51,11 @@ pub struct Metrics {
     pub ship_failures: Family<Labels, Counter>,
     /// Whether WAL replay finished (1) or not (0).
     pub ready: Gauge,
+    /// Samples of a non-elected HA replica, accepted (202) and not stored, by tenant and
+    /// cluster.
+    pub deduped_samples: Family<Labels, Counter>,
+    /// Elections held by this ingester that moved to another replica, by tenant and cluster.
+    pub ha_elected_replica_changes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -79,6 +84,8 @@ impl Metrics {
             shipped_blocks: Family::default(),
             ship_failures: Family::default(),
             ready: Gauge::default(),
+            deduped_samples: Family::default(),
+            ha_elected_replica_changes: Family::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -106,6 +113,16 @@ impl Metrics {
                 "rimir_discarded_metadata",
                 "Metric metadata discarded, by tenant and reason",
                 m.discarded_metadata.clone(),
+            );
+            r.register(
+                "rimir_distributor_deduped_samples",
+                "Samples of a non-elected HA replica, accepted and not stored",
+                m.deduped_samples.clone(),
+            );
+            r.register(
+                "rimir_ha_tracker_elected_replica_changes",
+                "Elections of an HA cluster that moved to another replica",
+                m.ha_elected_replica_changes.clone(),
             );
             r.register(
                 "rimir_distributor_requests",

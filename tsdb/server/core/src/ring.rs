@@ -74,6 +74,14 @@ pub fn shard_token(tenant: &str, labels: &[LabelRef<'_>]) -> u32 {
     fold(h)
 }
 
+/// The token of a tenant's HA cluster: the ingester owning it holds the cluster's election.
+pub fn ha_token(tenant: &str, cluster: &str) -> u32 {
+    let mut h = fnv(FNV_OFFSET, tenant.as_bytes());
+    h = fnv(h, &[0xfe]);
+    h = fnv(h, cluster.as_bytes());
+    fold(h)
+}
+
 impl Ring {
     /// Builds the ring; duplicate ids keep the first instance.
     pub fn new(mut instances: Vec<Instance>, replication_factor: usize, zone_aware: bool) -> Self {

@@ -10,6 +10,9 @@
 //! Built on `rimir-core` (limits, ring, ingester pool, gRPC client); it must not import another
 //! role crate, and it holds no HTTP server: the `rimir` crate routes `/api/v1/push` here.
 //!
+//! With `distributor.ha_tracker` on, pushes of a Prometheus HA pair's non-elected replica are
+//! answered 202 and not stored (module `ha`; the election is held by an ingester).
+//!
 //! Where to start reading: [`Distributor::push`].
 
 use std::borrow::Cow;
@@ -31,6 +34,9 @@ use rimir_core::runtime::RuntimeLimits;
 use rimir_core::tenant::{ANONYMOUS, validate_tenant};
 use rimir_tsdb::labels::{METRIC_NAME, write_go_quoted};
 use rimir_tsdb::series::Sample;
+
+mod ha;
+use ha::{HaTracker, Verdict};
 
 /// The HTTP answer to a push.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +76,8 @@ pub struct Distributor {
     limits: Arc<RuntimeLimits>,
     pool: Arc<IngesterPool>,
     rate: Mutex<HashMap<String, Bucket>>,
+    /// HA deduplication, when `distributor.ha_tracker.enable_ha_tracker` is on.
+    ha: Option<HaTracker>,
     metrics: Arc<Metrics>,
 }
 
@@ -109,6 +117,7 @@ impl Distributor {
             limits,
             pool,
             rate: Mutex::new(HashMap::new()),
+            ha: HaTracker::new(&cfg.distributor.ha_tracker),
             metrics,
         }
     }
@@ -215,11 +224,24 @@ impl Distributor {
         }
         let in_force = self.limits.snapshot();
         let limits = in_force.get(tenant);
+        let strip = match self.deduplicate(tenant, &req, limits).await {
+            Ok(strip) => strip,
+            Err(refused) => return refused,
+        };
+        // With HA deduplication, the series as stored: without the replica label.
+        let stripped: Vec<Vec<LabelRef<'_>>> = match strip {
+            Some(name) => req
+                .iter()
+                .map(|(l, _)| l.iter().filter(|l| l.name != name).copied().collect())
+                .collect(),
+            None => Vec::new(),
+        };
         let now_ms = now_millis();
         let mut valid: Vec<Valid<'_, '_>> = Vec::with_capacity(req.len());
         let mut first_error: Option<Invalid> = None;
         let mut received = 0u64;
-        for (labels, samples) in req.iter() {
+        for (i, (labels, samples)) in req.iter().enumerate() {
+            let labels = stripped.get(i).map_or(labels, Vec::as_slice);
             received += samples.len() as u64;
             match validate_series(labels, samples, limits, now_ms) {
                 Ok((v, dropped)) => {
@@ -309,6 +331,59 @@ impl Distributor {
         match first_error {
             Some(e) => PushResult::err(400, e.message),
             None => PushResult::ok(),
+        }
+    }
+
+    /// HA deduplication of a push (Mimir's rules): when the tracker is on and the tenant has
+    /// `accept_ha_samples`, the first series' `ha_cluster_label` and `ha_replica_label` name the
+    /// pair and the replica. `Ok(Some(label))`: the replica is elected, store the push without
+    /// that label; `Ok(None)`: not an HA push; `Err`: 202 for a non-elected replica (counted in
+    /// `rimir_distributor_deduped_samples_total`), or 500 when the election could not be read.
+    async fn deduplicate<'l>(
+        &self,
+        tenant: &str,
+        req: &WriteRequestRef<'_>,
+        limits: &'l Limits,
+    ) -> Result<Option<&'l str>, PushResult> {
+        let Some(ha) = &self.ha else {
+            return Ok(None);
+        };
+        if !limits.accept_ha_samples || req.is_empty() {
+            return Ok(None);
+        }
+        let (labels, _) = req.series(0);
+        let value = |name: &str| {
+            labels
+                .iter()
+                .find(|l| l.name == name)
+                .map(|l| l.value)
+                .filter(|v| !v.is_empty())
+        };
+        let (Some(cluster), Some(replica)) = (
+            value(&limits.ha_cluster_label),
+            value(&limits.ha_replica_label),
+        ) else {
+            return Ok(None);
+        };
+        match ha.check(&self.pool, tenant, cluster, replica).await {
+            Ok(Verdict::Accept) => Ok(Some(limits.ha_replica_label.as_str())),
+            Ok(Verdict::Dedupe { elected }) => {
+                let n = req.num_samples();
+                self.metrics
+                    .deduped_samples
+                    .get_or_create(&vec![
+                        ("user", tenant.to_string()),
+                        ("cluster", cluster.to_string()),
+                    ])
+                    .inc_by(n as u64);
+                Err(PushResult::err(
+                    202,
+                    format!(
+                        "replicas did not match, rejecting sample: replica={replica} elected={elected} (cluster {cluster}, HA deduplication): {n} samples accepted and not stored"
+                    ),
+                ))
+            }
+            Err(e) => Err(PushResult::err(500, e)),
         }
     }
 
@@ -901,6 +976,7 @@ mod tests {
         QueryRequest, QueryStreamResponse, decompress,
     };
     use rimir_core::remote_write::{Label, PbSample, TimeSeries, WriteRequest};
+    use std::collections::BTreeSet;
     use std::io::Write;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
@@ -916,6 +992,8 @@ mod tests {
         got: Mutex<Pushes>,
         payloads: Mutex<Vec<bytes::Bytes>>,
         metadata: Mutex<Vec<MetricMetadata>>,
+        ha: rimir_core::ha::HaElections,
+        ha_calls: std::sync::atomic::AtomicUsize,
     }
 
     #[tonic::async_trait]
@@ -979,6 +1057,16 @@ mod tests {
                 metadata: self.metadata.lock().unwrap().clone(),
             })
         }
+        async fn ha_elect(
+            &self,
+            req: rimir_core::grpc::HaElectRequest,
+        ) -> Result<rimir_core::grpc::HaElectResponse, tonic::Status> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(tonic::Status::unavailable("connection refused"));
+            }
+            self.ha_calls.fetch_add(1, Ordering::SeqCst);
+            Ok(self.ha.elect(&req, std::time::Instant::now()).response)
+        }
     }
 
     impl Fake {
@@ -1037,6 +1125,220 @@ mod tests {
 
     fn now() -> i64 {
         now_millis()
+    }
+
+    /// Config of an HA-deduplicating distributor: failover after 300ms, no jitter.
+    fn ha_config() -> Config {
+        let mut cfg = Config::default();
+        let ha = &mut cfg.distributor.ha_tracker;
+        ha.enable_ha_tracker = true;
+        ha.ha_tracker_update_timeout = rimir_core::config::GoDuration(Duration::from_millis(100));
+        ha.ha_tracker_update_timeout_jitter_max = rimir_core::config::GoDuration(Duration::ZERO);
+        ha.ha_tracker_failover_timeout = rimir_core::config::GoDuration(Duration::from_millis(300));
+        cfg.limits.accept_ha_samples = true;
+        cfg
+    }
+
+    /// A distributor over `fakes` (the same ingesters another distributor may use).
+    fn distributor_over(cfg: &Config, fakes: &[Arc<Fake>]) -> Distributor {
+        let pool = IngesterPool::new(cfg);
+        pool.set_ring(
+            (0..fakes.len())
+                .map(|i| Instance {
+                    id: format!("ingester-{i}"),
+                    addr: format!("fake-{i}"),
+                    zone: String::new(),
+                })
+                .collect(),
+        );
+        for (i, f) in fakes.iter().enumerate() {
+            pool.insert_client(format!("fake-{i}"), f.clone());
+        }
+        let limits = Arc::new(RuntimeLimits::load(Arc::new(cfg.clone())).unwrap());
+        Distributor::new(cfg, limits, Arc::new(pool), Arc::new(Metrics::new()))
+    }
+
+    fn replica_push(replica: &str, t: i64) -> Vec<u8> {
+        snappy(&WriteRequest {
+            timeseries: (0..3)
+                .map(|i| {
+                    ts(
+                        &[
+                            ("__name__", "up"),
+                            ("__replica__", replica),
+                            ("cluster", "prom"),
+                            ("instance", &format!("i{i}")),
+                        ],
+                        &[(t, 1.0)],
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn stored_series(fakes: &[Arc<Fake>]) -> BTreeSet<Vec<(String, String)>> {
+        fakes
+            .iter()
+            .flat_map(|f| f.got.lock().unwrap().clone())
+            .flat_map(|(_, s)| s.into_iter().map(|(l, _)| l))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn two_distributors_agree_on_the_elected_replica_and_fail_over_when_it_goes_silent() {
+        let cfg = ha_config();
+        let fakes: Vec<Arc<Fake>> = (0..1).map(|_| Arc::new(Fake::default())).collect();
+        let (d1, d2) = (
+            distributor_over(&cfg, &fakes),
+            distributor_over(&cfg, &fakes),
+        );
+        let t = now();
+        assert_eq!(
+            d1.push(None, None, None, &replica_push("a", t)).await,
+            PushResult::ok()
+        );
+        let r = d2.push(None, None, None, &replica_push("b", t)).await;
+        assert_eq!(r.status, 202, "{}", r.message);
+        assert!(r.message.contains("replica=b elected=a"), "{}", r.message);
+        // Stored once, without the replica label.
+        let stored = stored_series(&fakes);
+        assert_eq!(stored.len(), 3, "{stored:?}");
+        assert!(
+            stored
+                .iter()
+                .all(|l| l.iter().all(|(n, _)| n != "__replica__"))
+        );
+        assert!(
+            stored
+                .iter()
+                .all(|l| l.contains(&("cluster".into(), "prom".into())))
+        );
+        let deduped = d2
+            .metrics
+            .deduped_samples
+            .get_or_create(&vec![
+                ("user", "anonymous".into()),
+                ("cluster", "prom".into()),
+            ])
+            .get();
+        assert_eq!(deduped, 3);
+        // d2's refusal is cached: pushing b again asks nobody.
+        let calls = fakes[0].ha_calls.load(Ordering::SeqCst);
+        assert_eq!(
+            d2.push(None, None, None, &replica_push("b", t + 1))
+                .await
+                .status,
+            202
+        );
+        assert_eq!(fakes[0].ha_calls.load(Ordering::SeqCst), calls);
+        // a keeps pushing through d1, which tells the holder a is alive: no failover.
+        for k in 0..4 {
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            assert_eq!(
+                d1.push(None, None, None, &replica_push("a", t + 10 + k))
+                    .await,
+                PushResult::ok()
+            );
+        }
+        assert_eq!(
+            d2.push(None, None, None, &replica_push("b", t + 20))
+                .await
+                .status,
+            202
+        );
+        // a goes silent: after the failover timeout, b is elected and a refused.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            d2.push(None, None, None, &replica_push("b", t + 30)).await,
+            PushResult::ok()
+        );
+        let r = d1.push(None, None, None, &replica_push("a", t + 31)).await;
+        assert_eq!(r.status, 202, "{}", r.message);
+        assert!(r.message.contains("replica=a elected=b"), "{}", r.message);
+        assert_eq!(
+            stored_series(&fakes).len(),
+            3,
+            "b's series are the same series"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_election_moves_to_the_next_ingester_when_its_holder_is_down_and_500_when_none_answers()
+     {
+        let mut cfg = ha_config();
+        cfg.ingester.ring.replication_factor = 3;
+        let fakes: Vec<Arc<Fake>> = (0..3).map(|_| Arc::new(Fake::default())).collect();
+        let d = distributor_over(&cfg, &fakes);
+        let t = now();
+        // Find the holder: the only fake asked.
+        assert_eq!(
+            d.push(None, None, None, &replica_push("a", t)).await,
+            PushResult::ok()
+        );
+        let holder = (0..3)
+            .find(|&i| fakes[i].ha_calls.load(Ordering::SeqCst) == 1)
+            .expect("one ingester holds the election");
+        assert_eq!(
+            fakes
+                .iter()
+                .map(|f| f.ha_calls.load(Ordering::SeqCst))
+                .sum::<usize>(),
+            1
+        );
+        fakes[holder].down.store(true, Ordering::SeqCst);
+        // A fresh distributor (empty cache) asks the next holder, which elects b.
+        let d2 = distributor_over(&cfg, &fakes);
+        // Quorum 2 of 3 still holds for the samples.
+        assert_eq!(
+            d2.push(None, None, None, &replica_push("b", t + 1)).await,
+            PushResult::ok()
+        );
+        for f in &fakes {
+            f.down.store(true, Ordering::SeqCst);
+        }
+        let d3 = distributor_over(&cfg, &fakes);
+        let r = d3.push(None, None, None, &replica_push("a", t + 2)).await;
+        assert_eq!(r.status, 500, "{}", r.message);
+        assert!(
+            r.message.contains(
+                "HA tracker: no ingester holding the election of cluster \"prom\" answered"
+            ),
+            "{}",
+            r.message
+        );
+        assert!(r.message.contains("connection refused"), "{}", r.message);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn pushes_without_ha_labels_or_from_tenants_without_accept_ha_samples_are_not_deduplicated()
+     {
+        let mut cfg = ha_config();
+        cfg.limits.accept_ha_samples = false;
+        let fakes: Vec<Arc<Fake>> = vec![Arc::new(Fake::default())];
+        let d = distributor_over(&cfg, &fakes);
+        let t = now();
+        for replica in ["a", "b"] {
+            assert_eq!(
+                d.push(None, None, None, &replica_push(replica, t)).await,
+                PushResult::ok()
+            );
+        }
+        let stored = stored_series(&fakes);
+        assert_eq!(
+            stored.len(),
+            6,
+            "both replicas, replica label kept: {stored:?}"
+        );
+        assert_eq!(fakes[0].ha_calls.load(Ordering::SeqCst), 0);
+        // Tracker on, but the series carry no replica label: stored, nobody asked.
+        let d = distributor_over(&ha_config(), &fakes);
+        let plain = snappy(&WriteRequest {
+            timeseries: vec![ts(&[("__name__", "up"), ("cluster", "prom")], &[(t, 1.0)])],
+            ..Default::default()
+        });
+        assert_eq!(d.push(None, None, None, &plain).await, PushResult::ok());
+        assert_eq!(fakes[0].ha_calls.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -1462,6 +1764,12 @@ mod tests {
             _: MetadataRequest,
         ) -> Result<MetadataResponse, tonic::Status> {
             Ok(MetadataResponse::default())
+        }
+        async fn ha_elect(
+            &self,
+            _: rimir_core::grpc::HaElectRequest,
+        ) -> Result<rimir_core::grpc::HaElectResponse, tonic::Status> {
+            Err(tonic::Status::unimplemented("ha_elect"))
         }
     }
 

@@ -16,10 +16,11 @@ use tonic::Status;
 
 use rimir_core::config::Config;
 use rimir_core::grpc::{
-    InfoResponse, IngesterService, LabelRequest, LabelResponse, MatcherPb, MetadataRequest,
-    MetadataResponse, PushRequest, PushResponse, QueryRequest, QueryStreamResponse, SeriesBatch,
-    SeriesPb, decompress,
+    HaElectRequest, HaElectResponse, InfoResponse, IngesterService, LabelRequest, LabelResponse,
+    MatcherPb, MetadataRequest, MetadataResponse, PushRequest, PushResponse, QueryRequest,
+    QueryStreamResponse, SeriesBatch, SeriesPb, decompress,
 };
+use rimir_core::ha::HaElections;
 use rimir_core::metadata::MetadataStore;
 use rimir_core::metrics::Metrics;
 use rimir_core::remote_write::{Label as PbLabel, PbSample, WriteRequestRef};
@@ -98,6 +99,8 @@ pub struct Ingester {
     tenants: Mutex<HashMap<String, Arc<Tenant>>>,
     /// Metric metadata per tenant, in memory only.
     metadata: MetadataStore,
+    /// The HA clusters whose election this ingester holds (in memory only).
+    ha: HaElections,
     ready: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
 }
@@ -151,6 +154,7 @@ impl Ingester {
             shipper,
             tenants: Mutex::new(HashMap::new()),
             metadata: MetadataStore::new(cfg.ingester.metadata_retain_period.0),
+            ha: HaElections::new(),
             ready: std::sync::atomic::AtomicBool::new(false),
             metrics,
         }
@@ -689,6 +693,23 @@ impl IngesterService for Ingester {
         Ok(MetadataResponse {
             metadata: self.metadata.get(&req.tenant, metric),
         })
+    }
+
+    async fn ha_elect(&self, req: HaElectRequest) -> Result<HaElectResponse, Status> {
+        if req.tenant.is_empty() || req.cluster.is_empty() || req.replica.is_empty() {
+            return Err(Status::invalid_argument(
+                "HaElect needs a tenant, a cluster and a replica",
+            ));
+        }
+        let o = self.ha.elect(&req, std::time::Instant::now());
+        if o.changed {
+            tracing::info!(tenant = %req.tenant, cluster = %req.cluster, elected = %o.response.elected, "HA tracker: failover to another replica");
+            self.metrics
+                .ha_elected_replica_changes
+                .get_or_create(&vec![("user", req.tenant), ("cluster", req.cluster)])
+                .inc();
+        }
+        Ok(o.response)
     }
 }
 
