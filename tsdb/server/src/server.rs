@@ -315,22 +315,11 @@ pub fn start(
             };
             let pool = Arc::new(pool);
             if cfg.target != Target::All && !cfg.ingester.ring.join_members.is_empty() {
-                let (pool, cfg, mut rx) = (pool.clone(), cfg.clone(), stop_rx.clone());
-                tasks.push(tokio::spawn(async move {
-                    let every = cfg
-                        .ingester
-                        .ring
-                        .dns_refresh_interval
-                        .0
-                        .max(Duration::from_secs(1));
-                    loop {
-                        pool.refresh(&cfg).await;
-                        tokio::select! {
-                            _ = tokio::time::sleep(every) => {}
-                            _ = rx.wait_for(|s| *s) => return,
-                        }
-                    }
-                }));
+                tasks.push(tokio::spawn(refresh_members(
+                    pool.clone(),
+                    cfg.clone(),
+                    stop_rx.clone(),
+                )));
             }
             Some(Arc::new(Distributor::new(
                 &cfg,
@@ -382,22 +371,11 @@ pub fn start(
                 _ => {
                     let pool = Arc::new(IngesterPool::new(&cfg));
                     if !cfg.ingester.ring.join_members.is_empty() {
-                        let (pool, cfg, mut rx) = (pool.clone(), cfg.clone(), stop_rx.clone());
-                        tasks.push(tokio::spawn(async move {
-                            let every = cfg
-                                .ingester
-                                .ring
-                                .dns_refresh_interval
-                                .0
-                                .max(Duration::from_secs(1));
-                            loop {
-                                pool.refresh(&cfg).await;
-                                tokio::select! {
-                                    _ = tokio::time::sleep(every) => {}
-                                    _ = rx.wait_for(|s| *s) => return,
-                                }
-                            }
-                        }));
+                        tasks.push(tokio::spawn(refresh_members(
+                            pool.clone(),
+                            cfg.clone(),
+                            stop_rx.clone(),
+                        )));
                     }
                     pool
                 }
@@ -484,6 +462,28 @@ pub fn start(
             flush_on_shutdown: cfg.blocks_storage.tsdb.flush_blocks_on_shutdown,
         })
     })
+}
+
+/// Re-resolves `ingester.ring.join_members` into `pool` every `dns_refresh_interval` (at least
+/// 1s) until `stop` turns true.
+async fn refresh_members(
+    pool: Arc<IngesterPool>,
+    cfg: Arc<Config>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = cfg
+        .ingester
+        .ring
+        .dns_refresh_interval
+        .0
+        .max(Duration::from_secs(1));
+    loop {
+        pool.refresh(&cfg).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Opens the bucket and builds the compactor of `cfg`.

@@ -54,7 +54,8 @@ pub(crate) struct HaTracker {
     update_timeout: Duration,
     jitter_max: Duration,
     failover_timeout: Duration,
-    cache: Mutex<HashMap<(String, String), Cached>>,
+    /// By tenant, then cluster (nested so that a push looks its cluster up without allocating).
+    cache: Mutex<HashMap<String, HashMap<String, Cached>>>,
     jitter_seed: std::collections::hash_map::RandomState,
 }
 
@@ -79,9 +80,8 @@ impl HaTracker {
         cluster: &str,
         replica: &str,
     ) -> Result<Verdict, String> {
-        let key = (tenant.to_string(), cluster.to_string());
         let now = Instant::now();
-        if let Some(c) = self.lock().get(&key) {
+        if let Some(c) = self.lock().get(tenant).and_then(|t| t.get(cluster)) {
             if c.elected == replica && now.duration_since(c.fetched) < c.refresh_after {
                 return Ok(Verdict::Accept);
             }
@@ -105,9 +105,12 @@ impl HaTracker {
         };
         let refresh_after = self.update_timeout + self.jitter(tenant, cluster, now);
         let mut cache = self.lock();
-        cache.retain(|_, c| now.duration_since(c.fetched) < FORGET_AFTER);
-        cache.insert(
-            key,
+        for clusters in cache.values_mut() {
+            clusters.retain(|_, c| now.duration_since(c.fetched) < FORGET_AFTER);
+        }
+        cache.retain(|_, clusters| !clusters.is_empty());
+        cache.entry(tenant.to_string()).or_default().insert(
+            cluster.to_string(),
             Cached {
                 elected: r.elected,
                 fetched: now,
@@ -165,7 +168,7 @@ impl HaTracker {
         self.jitter_max.mul_f64((h % 10_000) as f64 / 10_000.0)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Cached>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, Cached>>> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

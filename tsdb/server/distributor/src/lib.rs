@@ -1082,22 +1082,7 @@ mod tests {
 
     fn setup(cfg: &Config, n: usize) -> (Distributor, Vec<Arc<Fake>>) {
         let fakes: Vec<Arc<Fake>> = (0..n).map(|_| Arc::new(Fake::default())).collect();
-        let pool = IngesterPool::new(cfg);
-        pool.set_ring(
-            (0..n)
-                .map(|i| Instance {
-                    id: format!("ingester-{i}"),
-                    addr: format!("fake-{i}"),
-                    zone: String::new(),
-                })
-                .collect(),
-        );
-        for (i, f) in fakes.iter().enumerate() {
-            pool.insert_client(format!("fake-{i}"), f.clone());
-        }
-        let limits = Arc::new(RuntimeLimits::load(Arc::new(cfg.clone())).unwrap());
-        let d = Distributor::new(cfg, limits, Arc::new(pool), Arc::new(Metrics::new()));
-        (d, fakes)
+        (distributor_over(cfg, &fakes), fakes)
     }
 
     fn ts(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
